@@ -1,0 +1,31 @@
+"""diffuse: diffusion models end to end, around one abstraction, the Gaussian path
+x_t = alpha(t) x0 + sigma(t) eps.
+
+The core (processes, parameterisations, losses, samplers) is imported eagerly and is light;
+networks, data, training and the CLI load on first use.
+"""
+
+from importlib import import_module
+
+from . import samplers
+from .analytic import GaussianMixture
+from .denoiser import Denoiser
+from .objectives import DenoisingLoss, sample_times
+from .parameterization import PREDICTIONS, convert
+from .process import EDM, VE, VP, DiscreteVP, Flow, GaussianPath, get_process, process_from_config
+from .samplers import sample
+
+__version__ = "0.1.0"
+
+_LAZY = ("models", "data", "training", "metrics", "cli", "checkpoint")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'diffuse' has no attribute {name!r}")
+
+
+__all__ = ["GaussianPath", "VP", "DiscreteVP", "VE", "EDM", "Flow", "get_process",
+           "process_from_config", "PREDICTIONS", "convert", "DenoisingLoss", "sample_times",
+           "Denoiser", "GaussianMixture", "sample", "samplers"]

@@ -1,0 +1,61 @@
+"""A trainable network as a diffusion model: `model(x, t, **cond)` with a declared prediction.
+
+`Denoiser` wraps a network `net(x, noise_level, labels=None)` (see `diffuse.models`) for a given
+process. It feeds the network the noise level c_noise = log(sigma/alpha)/4 = -log_snr/8 (EDM's
+convention, the same for every process), and optionally EDM's preconditioning generalised to any
+Gaussian path. In the coordinates y = x/alpha, rho = sigma/alpha (where every path looks like VE):
+
+    D(x, t) = c_skip y + c_out F(c_in y; c_noise),
+    c_in = 1/sqrt(rho^2 + sd^2),  c_skip = sd^2/(rho^2 + sd^2),  c_out = rho sd/sqrt(rho^2 + sd^2)
+
+which keeps the network's input and its effective training target at unit variance (Karras et al.
+2022, section 5 and appendix B.6). With preconditioning the model predicts x0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .parameterization import check_prediction
+from .process import GaussianPath, _as_time, expand
+
+# Log-SNR is +-inf at the clean and zero-SNR ends; the network only needs a finite, monotone code.
+_LOG_SNR_LIMIT = 40.0
+
+
+class Denoiser(nn.Module):
+    def __init__(self, net: nn.Module, process: GaussianPath, prediction: str = "eps",
+                 preconditioning: str = "none", sigma_data: float = 0.5):
+        super().__init__()
+        if preconditioning not in ("none", "edm"):
+            raise ValueError(f"unknown preconditioning {preconditioning!r}; choose 'none' or 'edm'")
+        if preconditioning == "edm" and prediction != "x0":
+            raise ValueError("EDM preconditioning makes the model predict x0; "
+                             f"got prediction={prediction!r}")
+        self.net = net
+        self.process = process
+        self.prediction = check_prediction(prediction)
+        self.preconditioning = preconditioning
+        self.sigma_data = float(sigma_data)
+
+    def noise_level(self, t) -> torch.Tensor:
+        log_snr = self.process.log_snr(t).clamp(-_LOG_SNR_LIMIT, _LOG_SNR_LIMIT)
+        return -log_snr / 8
+
+    def forward(self, x: torch.Tensor, t, labels: torch.Tensor | None = None) -> torch.Tensor:
+        t = _as_time(t).to(x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        c_noise = self.noise_level(t).to(x.dtype)
+        if self.preconditioning == "none":
+            return self.net(x, c_noise, labels)
+        alpha = self.process.alpha(t)
+        rho = self.process.sigma(t) / alpha
+        sd2 = self.sigma_data**2
+        y = x / expand(alpha, x)
+        c_in = (rho**2 + sd2).rsqrt()
+        c_skip = sd2 / (rho**2 + sd2)
+        c_out = rho * self.sigma_data * c_in
+        out = self.net(expand(c_in, x) * y, c_noise, labels)
+        return expand(c_skip, x) * y + expand(c_out, x) * out.to(x.dtype)

@@ -1,0 +1,114 @@
+"""Denoising losses: one function, three independent choices.
+
+    loss = E_{t ~ time sampling, eps ~ N(0, I)} [ w(t) || model(x_t, t) - target ||^2 ]
+
+- `prediction`: what the model outputs and so the regression target (eps, x0, v, score, velocity).
+- `weighting`: w(t). Weightings are stated on the x0 error, w_x0(t), and carried into the
+  prediction's own space by the Jacobian of the conversion: the error in x0 is
+  `x0_error_scale(prediction) * error in prediction`, so w = w_x0 * scale^2. The exception is
+  'simple', the unweighted mean squared error in the prediction's own space (DDPM's L_simple for
+  eps, plain flow matching for velocity).
+    simple     w = 1 on the prediction itself
+    min_snr    w_x0 = min(SNR, gamma)                  (Hang et al. 2023; = min(SNR, gamma)/SNR for eps)
+    edm        w_x0 = (rho^2 + sd^2) / (rho sd)^2     (Karras et al. 2022, rho = sigma/alpha)
+- `time_sampling`: how t is drawn.
+    uniform       t ~ U(t_min, 1); discrete processes draw their integer steps uniformly
+    log_normal    log rho ~ N(p_mean, p_std^2), EDM's noise-level distribution
+    logit_normal  t = sigmoid(N(m, s^2)), the flow-matching choice of Esser et al. 2024
+
+A loss object holds only these choices; calling it is a pure function of (model, x0, cond, generator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .parameterization import PathCoefficients, check_prediction, from_x0_eps, x0_error_scale
+from .process import DiscreteVP, EDM, GaussianPath, expand
+
+WEIGHTINGS = ("simple", "min_snr", "edm")
+TIME_SAMPLINGS = ("uniform", "log_normal", "logit_normal")
+
+
+def sample_times(process: GaussianPath, batch: int, method: str = "uniform",
+                 generator: torch.Generator | None = None, *, p_mean: float = -1.2,
+                 p_std: float = 1.2, logit_mean: float = 0.0, logit_std: float = 1.0) -> torch.Tensor:
+    """Draw training times, float64 of shape [batch] on the generator's device (CPU by default)."""
+    device = generator.device if generator is not None else "cpu"
+    draw = lambda fn: fn(batch, generator=generator, device=device, dtype=torch.float64)  # noqa: E731
+    if method == "uniform":
+        if isinstance(process, DiscreteVP):
+            n = torch.randint(0, process.num_steps, (batch,), generator=generator, device=device)
+            return process.timestep_to_t(n).to(device)
+        t_min = process.t_min
+        return t_min + (process.t_max - t_min) * draw(torch.rand)
+    if method == "log_normal":
+        rho = torch.exp(p_mean + p_std * draw(torch.randn))
+        return process.t_from_sigma_ratio(rho).clamp(1e-6, process.t_max)
+    if method == "logit_normal":
+        t = torch.sigmoid(logit_mean + logit_std * draw(torch.randn))
+        return t.clamp(1e-6, process.t_max)
+    raise ValueError(f"unknown time sampling {method!r}; choose one of {TIME_SAMPLINGS}")
+
+
+def x0_weight(weighting: str, c: PathCoefficients, gamma: float, sigma_data: float) -> torch.Tensor:
+    """w_x0(t) for the weightings stated on the x0 error."""
+    snr = (c.alpha / c.sigma) ** 2
+    if weighting == "min_snr":
+        return snr.clamp(max=gamma)
+    if weighting == "edm":
+        rho2 = 1 / snr
+        return (rho2 + sigma_data**2) / (rho2 * sigma_data**2)
+    raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+
+
+@dataclass
+class DenoisingLoss:
+    """The denoising objective for one process and prediction (see the module docstring)."""
+
+    process: GaussianPath
+    prediction: str = "eps"
+    weighting: str = "simple"
+    time_sampling: str = "uniform"
+    gamma: float = 5.0  # min-SNR's clamp
+    sigma_data: float | None = None  # EDM weighting; defaults to the EDM process's, else 0.5
+    time_options: dict = field(default_factory=dict)  # p_mean, p_std, logit_mean, logit_std
+
+    def __post_init__(self):
+        check_prediction(self.prediction)
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {WEIGHTINGS}")
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"unknown time sampling {self.time_sampling!r}; choose one of {TIME_SAMPLINGS}")
+        if self.sigma_data is None:
+            self.sigma_data = self.process.sigma_data if isinstance(self.process, EDM) else 0.5
+
+    def weight(self, c: PathCoefficients) -> torch.Tensor:
+        """w(t) on the squared error of the prediction, float64 [B]."""
+        if self.weighting == "simple":
+            return torch.ones_like(c.alpha)
+        scale = x0_error_scale(self.prediction, c)
+        return x0_weight(self.weighting, c, self.gamma, self.sigma_data) * scale**2
+
+    def __call__(self, model, x0: torch.Tensor, cond: dict | None = None,
+                 generator: torch.Generator | None = None, *, per_sample: bool = False) -> torch.Tensor:
+        """Mean weighted loss over the batch (or the per-sample losses [B])."""
+        if x0.ndim < 2:
+            raise ValueError(f"x0 must be batched [B, ...], got shape {tuple(x0.shape)}")
+        t = sample_times(self.process, x0.shape[0], self.time_sampling, generator, **self.time_options)
+        t = t.to(x0.device)
+        noise_device = generator.device if generator is not None else x0.device
+        eps = torch.randn(x0.shape, generator=generator, device=noise_device, dtype=x0.dtype).to(x0.device)
+        c = PathCoefficients.at(self.process, t, need_derivatives=self.prediction == "velocity")
+        x_t = expand(c.alpha, x0) * x0 + expand(c.sigma, x0) * eps
+        target = from_x0_eps(self.prediction, x0, eps, c)
+        out = model(x_t, t, **(cond or {}))
+        if out.shape != target.shape:
+            raise ValueError(f"model output shape {tuple(out.shape)} != target shape {tuple(target.shape)}")
+        # at least float32 (bf16 outputs), float64 when the data is
+        dtype = torch.promote_types(out.dtype, torch.float32)
+        squared = (out.to(dtype) - target.to(dtype)) ** 2
+        per = self.weight(c).to(squared.device, dtype) * squared.flatten(1).mean(1)
+        return per if per_sample else per.mean()

@@ -1,0 +1,60 @@
+"""What every sampler shares: the grid of noise levels and the denoiser D(x, i).
+
+A sampler is a pure function `sampler(denoise, x, grid, generator, **options) -> x0`:
+- `grid` holds the times t_0 > ... > t_{N-1} at which the model may be called, and alpha, sigma
+  (float64) at those times plus a final clean point (alpha = 1, sigma = 0);
+- `denoise(x, i)` calls the model at grid time t_i and returns E[x0 | x_t], whatever the model
+  predicts.
+Everything a sampler derives (eps, y = x/alpha, rho = sigma/alpha, lambda) comes from these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..process import GaussianPath
+
+
+@dataclass(frozen=True)
+class Grid:
+    t: torch.Tensor       # [N] model times, float64
+    alpha: torch.Tensor   # [N + 1], last = 1
+    sigma: torch.Tensor   # [N + 1], last = 0
+
+    @classmethod
+    def from_times(cls, process: GaussianPath, times: torch.Tensor) -> "Grid":
+        one = torch.ones(1, dtype=torch.float64)
+        alpha = torch.cat([process.alpha(times), one])
+        sigma = torch.cat([process.sigma(times), 0 * one])
+        return cls(times, alpha, sigma)
+
+    @property
+    def steps(self) -> int:
+        return self.t.numel()
+
+    def a(self, i: int) -> float:
+        return float(self.alpha[i])
+
+    def s(self, i: int) -> float:
+        return float(self.sigma[i])
+
+    def rho(self, i: int) -> float:
+        """sigma/alpha, the VE-equivalent noise level (0 at the clean end)."""
+        return float(self.sigma[i] / self.alpha[i])
+
+    def lam(self, i: int) -> float:
+        """Half log-SNR, log(alpha/sigma) (+inf at the clean end), DPM-Solver's lambda."""
+        return float(torch.log(self.alpha[i]) - torch.log(self.sigma[i]))
+
+
+def eps_from_x0(x: torch.Tensor, x0: torch.Tensor, grid: Grid, i: int) -> torch.Tensor:
+    return (x - grid.a(i) * x0) / grid.s(i)
+
+
+def gaussian_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise of x's shape; drawn on the generator's device so that a seeded CPU
+    generator gives the same numbers whatever device x lives on."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)

@@ -1,0 +1,239 @@
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+import diffuse
+from diffuse import EDM, VE, VP, Flow, GaussianMixture
+from diffuse.samplers import make_times
+
+from conftest import all_processes
+
+# A 1-D mixture with mean zero, so the N(0, 1) prior is right to first order on every process.
+WEIGHTS, MEANS, STDS = [0.4, 0.6], [-1.5, 1.0], [0.3, 0.2]
+MIXTURE = GaussianMixture([[m] for m in MEANS], STDS, WEIGHTS)
+
+
+def normal_quantiles(n):
+    """Evenly spaced quantiles of N(0, 1): the ODE samplers then transport an exact sample of the
+    prior, and the error measured is the sampler's alone."""
+    return torch.special.ndtri((torch.arange(n, dtype=torch.float64) + 0.5) / n)[:, None]
+
+
+def wasserstein1(x):
+    """W1 between the samples and the mixture, by the integral of |F_n - F| on a fine grid."""
+    from scipy.special import ndtr
+    grid = np.linspace(-4, 4, 8001)
+    cdf = sum(w * ndtr((grid - m) / s) for w, m, s in zip(WEIGHTS, MEANS, STDS))
+    empirical = np.searchsorted(np.sort(x.numpy().ravel()), grid, side="right") / x.numel()
+    return float(np.trapezoid(np.abs(empirical - cdf), grid))
+
+
+@pytest.mark.parametrize("process", all_processes())
+def test_every_sampler_converges_to_the_data_distribution(process):
+    model = MIXTURE.denoiser(process)
+    noise = normal_quantiles(3000)
+    for name in diffuse.samplers.available():
+        errors = {}
+        for steps in (4, 100):
+            g = torch.Generator().manual_seed(0)
+            x = diffuse.sample(model, process, noise, sampler=name, steps=steps, generator=g)
+            errors[steps] = wasserstein1(x)
+        # a random sample of 3000 from the true distribution is ~0.015 away in W1
+        assert errors[100] < 0.04, (name, errors)
+        assert errors[100] < errors[4] / 3, (name, errors)
+
+
+def _reference_ode_endpoint(process, x, t_max, t_min):
+    """Solve dy/dlog(rho) = y - D(y, rho) with y = x/alpha from t_max to t_min at tight tolerance
+    with an independent adaptive solver, then take the final denoising step."""
+    from scipy.integrate import solve_ivp
+    model = MIXTURE_2D.denoiser(process)
+    shape = x.shape
+
+    def rhs(log_rho, y):
+        t = process.t_from_sigma_ratio(torch.tensor(math.exp(log_rho)))
+        a = float(process.alpha(t))
+        y = torch.from_numpy(y).reshape(shape)
+        return (y - model(a * y, t.expand(shape[0]))).flatten().numpy()
+
+    rho = lambda t: float(process.sigma(t) / process.alpha(t))  # noqa: E731
+    y0 = (x / float(process.alpha(t_max))).flatten().numpy()
+    sol = solve_ivp(rhs, (math.log(rho(t_max)), math.log(rho(t_min))), y0, method="DOP853",
+                    rtol=1e-11, atol=1e-11)
+    assert sol.success
+    x_min = float(process.alpha(t_min)) * torch.from_numpy(sol.y[:, -1]).reshape(shape)
+    return model(x_min, torch.full((shape[0],), t_min, dtype=torch.float64))
+
+
+MIXTURE_2D = GaussianMixture([[1.0, 0.0], [-0.5, 0.8], [-0.5, -0.8]], [0.15, 0.1, 0.2], [0.5, 0.3, 0.2])
+
+
+@pytest.mark.parametrize("process", [EDM(), VP("linear"), VE(0.01, 50)], ids=["edm", "vp", "ve"])
+def test_heun_converges_to_a_reference_ode_solve(process):
+    noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    times = make_times(process, "karras", 2)
+    reference = _reference_ode_endpoint(process, noise * process.prior_std, float(times[0]), float(times[-1]))
+    error = {}
+    for steps in (40, 320):
+        x = diffuse.sample(MIXTURE_2D.denoiser(process), process, noise, sampler="heun", steps=steps, schedule="karras")
+        error[steps] = float((x - reference).norm(dim=1).max())
+    assert error[320] < 2e-4, error
+    # second order: 8x the steps gives ~64x less error (first order would give 8x)
+    assert error[40] / error[320] > 30, error
+
+
+def test_flow_is_exact_in_one_euler_step_for_a_point_mass():
+    target = torch.tensor([[0.3, -1.2, 2.0]], dtype=torch.float64)
+
+    def velocity(x, t):
+        # x_t = (1 - t) x0 + t eps for x0 = target, so u = eps - x0 = (x - x0) / t
+        return (x - target) / t[:, None]
+
+    noise = torch.randn(5, 3, dtype=torch.float64)
+    x = diffuse.sample(velocity, Flow(), noise, sampler="euler", steps=1, prediction="velocity")
+    torch.testing.assert_close(x, target.expand(5, 3), rtol=0, atol=1e-12)
+
+
+def test_ddim_is_euler_and_ddpm_is_ddim_with_eta_one():
+    process = VP("cosine")
+    model = MIXTURE_2D.denoiser(process)
+    noise = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    run = lambda name, seed=None, **o: diffuse.sample(model, process, noise, sampler=name, steps=12,  # noqa: E731
+                                                      generator=None if seed is None else torch.Generator().manual_seed(seed), **o)
+    torch.testing.assert_close(run("ddim"), run("euler"))
+    torch.testing.assert_close(run("ddpm", 5), run("ddim", 5, eta=1.0))
+    assert not torch.allclose(run("ddpm", 5, variance="large"), run("ddpm", 5))
+
+
+@pytest.mark.parametrize("name", diffuse.samplers.available())
+def test_same_seed_same_samples_and_parameterisation_does_not_matter(name):
+    process = VP.from_betas("linear")
+    x0_model = MIXTURE_2D.denoiser(process)
+
+    def v_model(x, t):
+        return diffuse.convert(x0_model(x, t), "x0", "v", x, t, process)
+
+    noise = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    a = diffuse.sample(x0_model, process, noise, sampler=name, steps=8, generator=torch.Generator().manual_seed(7))
+    b = diffuse.sample(x0_model, process, noise, sampler=name, steps=8, generator=torch.Generator().manual_seed(7))
+    c = diffuse.sample(v_model, process, noise, sampler=name, steps=8, prediction="v",
+                       generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-9)
+
+
+def test_samplers_in_threads_equal_sequential_runs():
+    process = EDM()
+    model = MIXTURE_2D.denoiser(process)
+    noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(4))
+    jobs = [(name, seed) for name in diffuse.samplers.available() for seed in (0, 1)]
+
+    def run(job):
+        name, seed = job
+        return diffuse.sample(model, process, noise, sampler=name, steps=15,
+                              generator=torch.Generator().manual_seed(seed))
+
+    sequential = [run(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        threaded = list(pool.map(run, jobs))
+    for job, a, b in zip(jobs, sequential, threaded):
+        assert torch.equal(a, b), job
+
+
+def test_model_receives_process_time_and_cond():
+    process = VP.from_betas("linear")
+    seen = []
+
+    def model(x, t, label=None):
+        seen.append((t.clone(), label))
+        return torch.zeros_like(x)
+
+    diffuse.sample(model, process, torch.randn(3, 2), sampler="ddim", steps=5, prediction="eps",
+                   schedule="leading", cond={"label": 7})
+    times = [float(t[0]) for t, _ in seen]
+    assert times == [float(process.timestep_to_t(n)) for n in (800, 600, 400, 200, 0)]
+    assert all(t.shape == (3,) and t.dtype == torch.float64 and label == 7 for t, label in seen)
+
+
+def test_step_counts_and_callback():
+    process = EDM()
+    calls = []
+    diffuse.sample(MIXTURE_2D.denoiser(process), process, torch.randn(4, 2, dtype=torch.float64),
+                   sampler="heun", steps=10, callback=lambda info: calls.append(info["i"]))
+    assert len(calls) == 2 * 10 - 1  # Heun: two evaluations per step, one on the last
+    calls.clear()
+    diffuse.sample(MIXTURE_2D.denoiser(process), process, torch.randn(4, 2, dtype=torch.float64),
+                   sampler="dpmpp_2m", steps=10, callback=lambda info: calls.append(info["i"]))
+    assert calls == list(range(10))
+
+
+@pytest.mark.parametrize("process", all_processes())
+def test_schedules(process):
+    for name in ("uniform", "log_snr", "karras"):
+        if process.t_max == 1 and float(process.alpha(1.0)) == 0 and name != "uniform":
+            with pytest.raises(ValueError, match="not finite"):
+                make_times(process, name, 10)
+            continue
+        times = make_times(process, name, 10)
+        assert times.shape == (10,) and times[0] == pytest.approx(process.t_max)
+        assert times[-1] == pytest.approx(process.t_min, rel=1e-9, abs=1e-12)
+    t = make_times(process, "log_snr", 6) if float(process.alpha(process.t_max)) > 0 else None
+    if t is not None:
+        lam = process.log_snr(t)
+        torch.testing.assert_close(lam[1:] - lam[:-1], (lam[1] - lam[0]).expand(5))
+
+
+def test_karras_schedule_matches_the_formula():
+    process = EDM(0.002, 80)
+    rho = process.sigma(make_times(process, "karras", 5))
+    i = torch.arange(5, dtype=torch.float64) / 4
+    expected = (80 ** (1 / 7) + i * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    torch.testing.assert_close(rho, expected)
+
+
+def test_bad_input_raises_clear_errors():
+    process = VP()
+    model = MIXTURE_2D.denoiser(process)
+    noise = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        diffuse.sample(model, process, noise, sampler="plms")
+    with pytest.raises(ValueError, match="no option"):
+        diffuse.sample(model, process, noise, sampler="euler", eta=0.5)
+    with pytest.raises(ValueError, match="say what the model predicts"):
+        diffuse.sample(lambda x, t: x, process, noise)
+    with pytest.raises(ValueError, match="returned"):
+        diffuse.sample(lambda x, t: x[:, :1], process, noise, prediction="eps")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        diffuse.sample(model, process, noise, schedule="cosine")
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        diffuse.sample(model, process, noise, schedule=[0.1, 0.5])
+    with pytest.raises(ValueError, match="explicit schedule of 2 times"):
+        diffuse.sample(model, process, noise, schedule=[0.5, 0.1], steps=3)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        diffuse.sample(model, process, noise, steps=0)
+    with pytest.raises(ValueError, match="discrete process"):
+        diffuse.sample(model, process, noise, schedule="trailing")
+    with pytest.raises(ValueError, match="exceed"):
+        make_times(VP.from_betas("linear", 10), "leading", 20)
+    with pytest.raises(ValueError, match="eta"):
+        diffuse.sample(model, process, noise, sampler="ddim", eta=-1)
+    zero_snr = VP.from_betas("linear", rescale_zero_terminal_snr=True)
+    with pytest.raises(ValueError, match="zero SNR"):
+        diffuse.sample(lambda x, t: x, zero_snr, noise, sampler="ddim", prediction="eps", schedule="trailing")
+
+
+def test_zero_terminal_snr_with_v_prediction_gives_finite_samples():
+    process = VP.from_betas("scaled_linear", 1000, beta_start=0.00085, beta_end=0.012, rescale_zero_terminal_snr=True)
+    x0_model = MIXTURE_2D.denoiser(process)
+    v_model = lambda x, t: diffuse.convert(x0_model(x, t), "x0", "v", x, t, process)  # noqa: E731
+    noise = torch.randn(256, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    for name in diffuse.samplers.available():
+        x = diffuse.sample(v_model, process, noise, sampler=name, steps=25, schedule="trailing",
+                           prediction="v", generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(x).all(), name
+        # every sample lands near one of the three modes
+        assert torch.cdist(x, MIXTURE_2D.means).min(1).values.median() < 0.3, name
