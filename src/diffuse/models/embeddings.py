@@ -1,0 +1,155 @@
+"""Embeddings of the conditioning signals a denoiser receives: noise level and class label.
+
+The wrapper around a network passes ``c_noise = log(sigma / alpha) / 4``, a continuous
+scalar that lies roughly in [-4, 3] for the schedules we use. Both networks turn it into a
+vector with :func:`sinusoidal_embedding` followed by a small MLP, and add a learned class
+vector when the model is class-conditional.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+# Frequency range of the sinusoidal embedding, in radians per unit of c_noise.
+#
+# The inputs span about ten units ([-5, 5] with margin). At the lowest frequency, 0.1, the
+# phase moves by at most 0.5 rad over that whole span, so that pair of features is almost
+# linear in the input and the embedding as a whole is one-to-one: the network can always
+# read off the coarse noise level. At the highest frequency, 100, a change of 0.01 in
+# c_noise (a 4 % change in sigma) moves the phase by one radian, finer than any sampler
+# needs to distinguish. Frequencies in between are log-spaced so every scale gets the same
+# number of features. The familiar range 1e-4..1 was designed for integer timesteps up to
+# 1000; on inputs of size ~5 most of its channels would be nearly constant and wasted.
+MIN_FREQUENCY = 0.1
+MAX_FREQUENCY = 100.0
+
+
+def sinusoidal_embedding(
+    x: Tensor,
+    dim: int,
+    min_frequency: float = MIN_FREQUENCY,
+    max_frequency: float = MAX_FREQUENCY,
+) -> Tensor:
+    """Embed each scalar of ``x`` (shape [B]) as ``dim`` features ``[cos(f_k x), sin(f_k x)]``.
+
+    The ``dim // 2`` frequencies ``f_k`` are log-spaced from ``min_frequency`` to
+    ``max_frequency``; see the module constants for why this range suits c_noise. The
+    result is float32 whatever the input dtype, because half precision cannot represent
+    ``100 * x`` finely enough for the phase to be meaningful.
+    """
+    if x.ndim != 1:
+        raise ValueError(f"sinusoidal_embedding expects a 1-D tensor [B], got {tuple(x.shape)}")
+    if dim < 2 or dim % 2 != 0:
+        raise ValueError(f"embedding dim must be a positive even number, got {dim}")
+    if not 0 < min_frequency <= max_frequency:
+        raise ValueError(
+            f"need 0 < min_frequency <= max_frequency, got {min_frequency} and {max_frequency}"
+        )
+    half = dim // 2
+    exponents = torch.linspace(0.0, 1.0, half, dtype=torch.float32, device=x.device)
+    ratio = math.log(max_frequency / min_frequency)
+    frequencies = min_frequency * torch.exp(ratio * exponents)
+    phase = x.to(torch.float32)[:, None] * frequencies[None, :]
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=1)
+
+
+class EmbeddingMLP(nn.Sequential):
+    """Linear -> SiLU -> Linear: lifts fixed features into a learned conditioning vector."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__(nn.Linear(in_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+
+class NoiseLevelEmbedding(nn.Module):
+    """Sinusoidal features of the noise level, projected by an MLP to ``out_dim``."""
+
+    def __init__(self, frequency_dim: int, out_dim: int):
+        super().__init__()
+        if frequency_dim < 2 or frequency_dim % 2:
+            raise ValueError(f"frequency_dim must be a positive even number, got {frequency_dim}")
+        self.frequency_dim = frequency_dim
+        self.mlp = EmbeddingMLP(frequency_dim, out_dim)
+
+    def forward(self, noise_level: Tensor) -> Tensor:
+        features = sinusoidal_embedding(noise_level, self.frequency_dim)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+class ClassEmbedding(nn.Module):
+    """A learned vector per class plus one extra row, index ``num_classes``, for "no class".
+
+    The extra row is what classifier-free guidance needs: training replaces some labels by
+    ``num_classes`` so the same network also learns the unconditional denoiser, and
+    ``labels=None`` at call time means every sample uses that null row.
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def forward(self, labels: Tensor | None, batch_size: int, device: torch.device) -> Tensor:
+        if labels is None:
+            labels = torch.full((batch_size,), self.null_label, dtype=torch.long, device=device)
+        check_labels(labels, batch_size, self.num_classes)
+        return self.table(labels)
+
+
+def check_labels(labels: Tensor, batch_size: int, num_classes: int | None) -> None:
+    """Raise a clear error for labels a network cannot use, not an index error deep inside."""
+    if num_classes is None:
+        raise ValueError("labels were given but the network was built with num_classes=None")
+    if labels.dtype != torch.long:
+        raise ValueError(f"labels must be an int64 tensor, got dtype {labels.dtype}")
+    if labels.shape != (batch_size,):
+        raise ValueError(f"labels must have shape [{batch_size}], got {tuple(labels.shape)}")
+    # Reading min/max synchronises with the device, a small price for an error that names
+    # the bad value rather than a device-side assertion.
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}] ({num_classes} is the null class), "
+            f"got values from {int(labels.min())} to {int(labels.max())}"
+        )
+
+
+def check_noise_level(noise_level: Tensor, batch_size: int) -> Tensor:
+    """Return ``noise_level`` as shape [B]; a 0-d tensor is shared by the whole batch."""
+    if not torch.is_tensor(noise_level) or not noise_level.is_floating_point():
+        raise ValueError("noise_level must be a floating-point tensor of shape [B]")
+    if noise_level.ndim == 0:
+        return noise_level.expand(batch_size)
+    if noise_level.shape != (batch_size,):
+        raise ValueError(
+            f"noise_level must have shape [{batch_size}] (or be 0-d), "
+            f"got {tuple(noise_level.shape)}"
+        )
+    return noise_level
+
+
+class ConditionEmbedding(nn.Module):
+    """Everything a denoiser is conditioned on, summed into one vector of size ``dim``.
+
+    Summing (rather than concatenating) keeps the width fixed whether or not the model is
+    class-conditional, so the blocks downstream do not care.
+    """
+
+    def __init__(self, frequency_dim: int, dim: int, num_classes: int | None):
+        super().__init__()
+        self.noise = NoiseLevelEmbedding(frequency_dim, dim)
+        self.classes = ClassEmbedding(num_classes, dim) if num_classes is not None else None
+
+    def forward(self, noise_level: Tensor, labels: Tensor | None, batch_size: int) -> Tensor:
+        noise_level = check_noise_level(noise_level, batch_size)
+        emb = self.noise(noise_level)
+        if self.classes is not None:
+            emb = emb + self.classes(labels, batch_size, emb.device)
+        elif labels is not None:
+            check_labels(labels, batch_size, None)  # raises: this model has no classes
+        return emb

@@ -1,0 +1,279 @@
+"""A U-Net denoiser for images [B, C, H, W].
+
+Layout: an input conv, then one *level* per entry of ``channel_mults``. Going down, each
+level runs ``num_res_blocks`` residual blocks (with self-attention after each where the
+level is in ``attention_levels``) and then halves the resolution with a stride-2 conv,
+except the last level. A middle block works at the lowest resolution. Going up mirrors
+this with one extra block per level, each block taking a skip connection from the
+matching point on the way down, and nearest-neighbour upsampling followed by a conv
+between levels.
+
+Sizes: with L levels the input height and width must be divisible by 2**(L-1). We raise
+rather than pad: padding would change what the border pixels mean to the network and
+the output would have to be cropped back, which is easy to get subtly wrong. Pick
+``channel_mults`` to suit the data: (1, 2) for 8x8 (8 -> 4), (1, 2, 2) for 28x28
+(28 -> 14 -> 7), (1, 2, 2) or (1, 2, 2, 2) for 32x32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .embeddings import ConditionEmbedding
+from .validation import int_tuple, optional_num_classes, positive_int
+
+
+@dataclass
+class UNetConfig:
+    """Shape of a :class:`UNet`. Every field is a plain JSON value (tuples travel as lists).
+
+    in_channels / out_channels: image channels in and out (out None: same as in).
+    channels: width of the first level; level i has ``channels * channel_mults[i]``.
+    num_res_blocks: residual blocks per level on the way down (one more on the way up).
+    attention_levels: indices into ``channel_mults`` that get self-attention; attention
+    costs grow with the square of the pixel count, so use it at the low resolutions.
+    num_heads: attention heads; must divide the width of every attention level.
+    dropout: dropout inside residual blocks. num_classes: classes for conditioning (None:
+    unconditional); row ``num_classes`` of the class table is the null class.
+    norm_groups: GroupNorm groups, capped at ``channels``; every norm layer uses
+    ``min(norm_groups, channels)`` groups, which must divide ``channels``.
+    """
+
+    in_channels: int = 1
+    out_channels: int | None = None
+    channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 2)
+    num_res_blocks: int = 2
+    attention_levels: tuple[int, ...] = (1,)
+    num_heads: int = 4
+    dropout: float = 0.0
+    num_classes: int | None = None
+    norm_groups: int = 32
+
+    def __post_init__(self) -> None:
+        owner = "UNetConfig"
+        # JSON brings tuples back as lists; normalise here so every way in gives equal configs.
+        self.channel_mults = int_tuple(owner, "channel_mults", self.channel_mults)
+        self.attention_levels = int_tuple(owner, "attention_levels", self.attention_levels)
+        if self.out_channels is None:
+            self.out_channels = self.in_channels
+        for name in (
+            "in_channels", "out_channels", "channels", "num_res_blocks", "num_heads", "norm_groups"
+        ):
+            positive_int(owner, name, getattr(self, name))
+        optional_num_classes(owner, self.num_classes)
+        if not self.channel_mults:
+            raise ValueError(f"{owner}.channel_mults must have at least one level")
+        for mult in self.channel_mults:
+            positive_int(owner, "channel_mults entry", mult)
+        levels = len(self.channel_mults)
+        for level in self.attention_levels:
+            if not 0 <= level < levels:
+                raise ValueError(
+                    f"{owner}.attention_levels entry {level} is not a level index; "
+                    f"channel_mults has {levels} levels (0..{levels - 1})"
+                )
+        number = isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
+        if not number or not 0 <= self.dropout < 1:
+            raise ValueError(f"{owner}.dropout must be a number in [0, 1), got {self.dropout!r}")
+        self.dropout = float(self.dropout)
+        # Every width in the network, including the concatenations on the up path, is a
+        # multiple of `channels`, so one group count that divides `channels` fits them all.
+        if self.channels % self.groups:
+            raise ValueError(
+                f"{owner}: channels={self.channels} is not divisible by {self.groups} GroupNorm "
+                f"groups (min(norm_groups, channels)); change channels or norm_groups"
+            )
+        for level in self.attention_levels:
+            width = self.level_widths[level]
+            if width % self.num_heads:
+                raise ValueError(
+                    f"{owner}: attention level {level} has width {width}, "
+                    f"not divisible by num_heads={self.num_heads}"
+                )
+
+    @property
+    def groups(self) -> int:
+        """GroupNorm groups used by every norm layer."""
+        return min(self.norm_groups, self.channels)
+
+    @property
+    def level_widths(self) -> list[int]:
+        return [self.channels * m for m in self.channel_mults]
+
+
+def group_norm(width: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, width)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the conditioning applied as a scale and shift (FiLM)
+    after the second norm, and a 1x1 conv on the skip path when the width changes."""
+
+    def __init__(self, in_width: int, out_width: int, emb_dim: int, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = group_norm(in_width, groups)
+        self.conv1 = nn.Conv2d(in_width, out_width, 3, padding=1)
+        self.film = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_width))
+        self.norm2 = group_norm(out_width, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_width, out_width, 3, padding=1)
+        self.skip = nn.Conv2d(in_width, out_width, 1) if in_width != out_width else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        # 1 + scale: a zero conditioning leaves the normalised features as they are.
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, as a residual branch."""
+
+    def __init__(self, width: int, num_heads: int, groups: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = group_norm(width, groups)
+        self.qkv = nn.Conv2d(width, 3 * width, 1)
+        self.proj = nn.Conv2d(width, width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
+        # scaled_dot_product_attention wants [B, heads, tokens, head_dim].
+        q, k, v = qkv.transpose(-1, -2).unbind(1)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    # Nearest-neighbour then conv, rather than a transposed conv, avoids checkerboard
+    # artefacts from uneven kernel overlap.
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Stage(nn.Module):
+    """A residual block optionally followed by self-attention: the unit both paths repeat."""
+
+    def __init__(self, res: ResBlock, attention: SelfAttention | None):
+        super().__init__()
+        self.res = res
+        self.attention = attention if attention is not None else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        return self.attention(self.res(x, emb))
+
+
+class UNet(nn.Module):
+    """Denoiser for [B, C, H, W] inputs, called as ``net(x, noise_level, labels=None)``."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        # Twice the base width is ample for a scalar noise level plus a class; the common
+        # choice of four times would add ~0.3M parameters of FiLM projections here.
+        emb_dim = 2 * c.channels
+        groups = c.groups
+
+        def stage(in_width: int, out_width: int, level: int) -> Stage:
+            res = ResBlock(in_width, out_width, emb_dim, c.dropout, groups)
+            if level not in c.attention_levels:
+                return Stage(res, None)
+            return Stage(res, SelfAttention(out_width, c.num_heads, groups))
+
+        # Sinusoidal features come in cos/sin pairs, hence the even count.
+        frequency_dim = c.channels + c.channels % 2
+        self.condition = ConditionEmbedding(frequency_dim, emb_dim, c.num_classes)
+        self.input = nn.Conv2d(c.in_channels, c.channels, 3, padding=1)
+
+        # Down path. skip_widths records the width of every tensor pushed for the up path.
+        widths = c.level_widths
+        last = len(widths) - 1
+        self.down = nn.ModuleList()
+        skip_widths = [c.channels]
+        width = c.channels
+        for level, out_width in enumerate(widths):
+            for _ in range(c.num_res_blocks):
+                self.down.append(stage(width, out_width, level))
+                width = out_width
+                skip_widths.append(width)
+            if level != last:
+                self.down.append(Downsample(width))
+                skip_widths.append(width)
+
+        # Middle: one more block (with attention if the lowest level has it) between the
+        # paths. A single block keeps the default network under 4M parameters; at 8x8 the
+        # lowest level is 4x4, where one attention layer already sees every pixel.
+        self.middle = stage(width, width, last)
+
+        # Up path: one more block per level than going down, so that the skip pushed by
+        # each downsample (and by the input conv) is consumed too.
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            out_width = widths[level]
+            for _ in range(c.num_res_blocks + 1):
+                self.up.append(stage(width + skip_widths.pop(), out_width, level))
+                width = out_width
+            if level != 0:
+                self.up.append(Upsample(width))
+
+        self.output_norm = group_norm(width, groups)
+        self.output = nn.Conv2d(width, c.out_channels, 3, padding=1)
+        # A fresh network predicts exactly zero, so training starts from the wrapper's skip
+        # path alone instead of from a random function of the input.
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def check_input(self, x: Tensor) -> None:
+        c = self.config
+        if x.ndim != 4 or x.shape[1] != c.in_channels:
+            raise ValueError(
+                f"UNet expects x of shape [B, {c.in_channels}, H, W], got {tuple(x.shape)}"
+            )
+        for level in range(len(c.channel_mults) - 1):
+            height, width = x.shape[2] >> level, x.shape[3] >> level
+            if height % 2 or width % 2:
+                raise ValueError(
+                    f"UNet input {x.shape[2]}x{x.shape[3]}: level {level} would downsample an odd "
+                    f"size {height}x{width}; with {len(c.channel_mults)} levels height and width "
+                    f"must be divisible by {2 ** (len(c.channel_mults) - 1)} (change channel_mults)"
+                )
+
+    def forward(self, x: Tensor, noise_level: Tensor, labels: Tensor | None = None) -> Tensor:
+        self.check_input(x)
+        emb = self.condition(noise_level, labels, x.shape[0])
+        h = self.input(x)
+        skips = [h]
+        for module in self.down:
+            h = module(h, emb) if isinstance(module, Stage) else module(h)
+            skips.append(h)
+        h = self.middle(h, emb)
+        for module in self.up:
+            if isinstance(module, Stage):
+                h = module(torch.cat([h, skips.pop()], dim=1), emb)
+            else:
+                h = module(h)
+        return self.output(F.silu(self.output_norm(h)))
+
