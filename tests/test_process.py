@@ -39,6 +39,16 @@ def test_derivatives_match_finite_differences(process):
     torch.testing.assert_close(ds, (process.sigma(t + h) - process.sigma(t - h)) / (2 * h), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("process", all_processes())
+def test_prior_matches_the_noised_marginal_scale(process):
+    draw = process.prior((100_000,), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert float(draw.std()) == pytest.approx(process.prior_std, rel=0.01)
+    # the prior is N(0, sigma(t_max)^2 + alpha(t_max)^2 Var(x0)) for unit-variance data, up to
+    # the data's share, which every process makes negligible at t_max
+    a, s = float(process.alpha(process.t_max)), float(process.sigma(process.t_max))
+    assert process.prior_std == pytest.approx((a**2 + s**2) ** 0.5, rel=0.01)
+
+
 @pytest.mark.parametrize("process", [VP("linear"), VP("cosine"), VP.from_betas("linear")])
 def test_variance_preserving(process):
     torch.testing.assert_close(process.alpha(T) ** 2 + process.sigma(T) ** 2, torch.ones_like(T))

@@ -94,6 +94,11 @@ class GaussianPath:
     def prior_std(self) -> float:
         return float(self.sigma(self.t_max))
 
+    def prior(self, shape, generator: torch.Generator | None = None, dtype=torch.float32,
+              device=None) -> torch.Tensor:
+        """A draw from the prior N(0, prior_std^2 I) that sampling starts from at t_max."""
+        return self.prior_std * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
     def add_noise(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
         """x_t = alpha(t) x0 + sigma(t) eps, for t of shape [B] or []."""
         if noise.shape != x0.shape:
