@@ -1,0 +1,184 @@
+"""Checkpoints: folders of safetensors and JSON, written atomically, never unpickled.
+
+A run directory holds numbered checkpoint folders and a pointer to the newest complete one:
+
+    RUN/checkpoints/step-00001000/
+        config.json          everything needed to rebuild the model (network, process, ...)
+        model.safetensors    the trained weights
+        ema.safetensors      their exponential moving average (what sampling uses)
+        trainer.safetensors  optimizer moments and random-number-generator states
+        trainer.json         step, optimizer hyper-parameters, elapsed time
+    RUN/checkpoints/latest   the name of the newest complete checkpoint folder
+
+A checkpoint is written into a temporary folder, flushed to disk and renamed into place; only
+then is `latest` replaced (also by rename). A process killed at any moment leaves `latest`
+pointing at a complete checkpoint. Loading reads only safetensors and JSON: a file that is not a
+safetensors file, a pickle in disguise included, is refused before anything in it is run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, corrupt or not in our format."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a small file in one step: write a sibling temporary file, then rename over."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.chmod(tmp, 0o644)  # mkstemp makes the file private; a pointer file is ordinary data
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(run_dir, step: int, config: dict, tensors: dict[str, dict[str, torch.Tensor]],
+                    meta: dict | None = None, keep: int = 2) -> Path:
+    """Write `tensors` ({file stem: {name: tensor}}), `config` and `meta` as checkpoint `step`.
+
+    Returns the checkpoint folder. Older checkpoints beyond the newest `keep` are removed.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+    os.chmod(tmp, 0o755)  # mkdtemp makes the folder private; the checkpoint is ordinary data
+    try:
+        _write_json(tmp / "config.json", config)
+        for stem, state in tensors.items():
+            _write_tensors(tmp / f"{stem}.safetensors", state)
+        _write_json(tmp / "trainer.json", {"step": step, **(meta or {})})
+        _fsync_dir(tmp)
+        final = root / name
+        if final.exists():  # re-saving the same step (e.g. at the end of a resumed run)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(root / LATEST, name + "\n")
+    _prune(root, keep)
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    complete = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in complete[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".step-*"):  # temporaries of writes that were killed
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(f".{LATEST}.*"):  # and of pointer updates that were killed
+        stale.unlink(missing_ok=True)
+
+
+def latest_checkpoint(path) -> Path:
+    """The checkpoint folder for a run directory, a checkpoints directory or a checkpoint itself."""
+    path = Path(path)
+    if (path / "config.json").is_file() and (path / "trainer.json").is_file():
+        return path
+    root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+    pointer = root / LATEST
+    if not pointer.is_file():
+        raise CheckpointError(f"no checkpoint found in {path} (expected {pointer})")
+    folder = root / pointer.read_text().strip()
+    if not folder.is_dir():
+        raise CheckpointError(f"{pointer} names {folder.name}, which does not exist")
+    return folder
+
+
+def load_tensors(path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, refusing anything else (pickles included) without running it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing checkpoint file {path}")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # A safetensors file opens with its header's length (u64, little-endian), then the JSON
+    # header. That length can itself begin with the byte 0x80 (a 128-byte header, say), so the
+    # pickle and zip signatures only count when no JSON header follows. Either way nothing here
+    # unpickles: the safetensors reader refuses whatever it cannot parse.
+    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
+        raise CheckpointError(f"{path} is a pickle or a zip archive, not a safetensors file; "
+                              "diffuse never unpickles checkpoints (they can run arbitrary code)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
+
+
+def load_json(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing checkpoint file {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
+# -- optimizer state <-> flat tensors + JSON -----------------------------------------------------
+
+def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split `optimizer.state_dict()` into tensors (for safetensors) and the rest (for JSON)."""
+    tensors, scalars = {}, {}
+    for index, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for name, value in meta.get("scalars", {}).items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}

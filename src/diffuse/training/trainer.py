@@ -1,0 +1,298 @@
+"""The training loop: AdamW with warmup, gradient clipping, EMA, checkpoints, resume and DDP.
+
+Randomness is a function of (seed, step, rank), never of history: each epoch's order of examples
+comes from a generator seeded by (seed, epoch), identical on every rank, and each step's times,
+noise, label dropout and network dropout from generators seeded by (seed, step, rank). So the
+random state at step k needs no storing, and a resumed run on CPU continues bit for bit where
+the interrupted one would have been; the checkpoint holds weights, EMA, optimizer and step.
+
+Under `torchrun`, each rank takes its slice of every global batch, gradients are averaged by
+DistributedDataParallel (gloo on CPU, NCCL on GPU), and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import checkpoint as ckpt
+from ..data import Dataset, load_dataset
+from ..denoiser import Denoiser
+from ..models import build_network, network_config
+from ..objectives import DenoisingLoss
+from ..process import process_from_config
+from .config import TrainConfig, default_network
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped without writing the bad state."""
+
+
+# -- building and loading models -------------------------------------------------------------------
+
+def build_model(config: TrainConfig, num_classes: int | None) -> Denoiser:
+    """The Denoiser a training config describes (network + process + parameterisation)."""
+    network = build_network(config.network)
+    if config.cond == "class" and getattr(network.config, "num_classes", None) != num_classes:
+        raise ValueError(f"cond='class' needs a network with num_classes={num_classes}")
+    return Denoiser(network, process_from_config(config.process), config.prediction,
+                    config.preconditioning, config.sigma_data)
+
+
+def load_model(path, ema: bool = True, device="cpu") -> tuple[Denoiser, TrainConfig, dict]:
+    """Load a trained model from a run directory or checkpoint folder, for sampling.
+
+    Returns (model in eval mode, its training config, the data description stored with it).
+    """
+    folder = ckpt.latest_checkpoint(path)
+    stored = ckpt.load_json(folder / "config.json")
+    config = TrainConfig.from_dict(stored["train"])
+    model = build_model(config, stored["data"]["num_classes"])
+    weights = ckpt.load_tensors(folder / ("ema.safetensors" if ema else "model.safetensors"))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ckpt.CheckpointError(f"{folder}: weights do not match the stored config: {e}") from None
+    return model.to(device).eval(), config, stored["data"]
+
+
+# -- distributed helpers ------------------------------------------------------------------------------
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), initialising the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _all_true(flag: bool, world: int, device) -> bool:
+    if world == 1:
+        return flag
+    value = torch.tensor([0.0 if flag else 1.0], device=device)
+    torch.distributed.all_reduce(value)
+    return float(value) == 0.0
+
+
+# -- the trainer -----------------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, config: TrainConfig, out_dir, *, resume: bool = False, device=None,
+                 dataset: Dataset | None = None, progress: bool = True):
+        self.out_dir = Path(out_dir)
+        self.rank, self.world = _distributed()
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.progress = progress and self.rank == 0
+
+        config = copy.deepcopy(config)  # sigma_data and network get filled in; not the caller's copy
+        folder = None
+        if resume:
+            folder = ckpt.latest_checkpoint(self.out_dir)
+            stored = TrainConfig.from_dict(ckpt.load_json(folder / "config.json")["train"])
+            # The run's identity comes from the checkpoint; only the budget may change on resume.
+            config = TrainConfig.from_dict({**stored.to_dict(), "steps": config.steps,
+                                            "minutes": config.minutes,
+                                            "checkpoint_every": config.checkpoint_every})
+        self.data = dataset if dataset is not None else load_dataset(config.data, "train")
+        if config.cond == "class" and self.data.labels is None:
+            raise ValueError(f"cond='class' needs a labelled data set; {config.data!r} has no labels")
+        num_classes = self.data.num_classes if config.cond == "class" else None
+        if config.sigma_data is None:
+            config.sigma_data = round(float(self.data.data.std()), 4)
+        if config.network is None:
+            config.network = default_network(self.data.shape, num_classes)
+        if config.batch_size % self.world:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by {self.world} processes")
+        self.config = config
+        self.num_classes = num_classes
+
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self.model = build_model(config, num_classes).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.loss_fn = DenoisingLoss(self.model.process, config.prediction, config.weighting,
+                                     config.time_sampling, sigma_data=config.sigma_data)
+        self.batches_per_epoch = len(self.data) // config.batch_size
+        if self.batches_per_epoch < 1:
+            raise ValueError(f"batch_size {config.batch_size} exceeds the {len(self.data)} training examples")
+        self.step = 0
+        self.elapsed = 0.0
+        if folder is not None:
+            self._restore(folder)
+        self.train_model = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.images = self.data.data.to(self.device)
+        self.labels = None if self.data.labels is None else self.data.labels.to(self.device)
+
+    # -- checkpointing -----------------------------------------------------------------------------
+    def stored_config(self) -> dict:
+        return {"train": self.config.to_dict(),
+                "data": {"spec": self.config.data, "shape": list(self.data.shape),
+                         "num_classes": self.num_classes, "class_names": self.data.class_names,
+                         "sigma_data": self.config.sigma_data}}
+
+    def save(self) -> Path:
+        opt_tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
+        meta = {"optimizer": opt_meta, "elapsed_seconds": self.elapsed, "world_size": self.world,
+                "seed": self.config.seed}
+        return ckpt.save_checkpoint(self.out_dir, self.step, self.stored_config(),
+                                    {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                                     "trainer": opt_tensors},
+                                    meta, keep=self.config.keep_checkpoints)
+
+    def _restore(self, folder: Path) -> None:
+        meta = ckpt.load_json(folder / "trainer.json")
+        state = ckpt.load_tensors(folder / "trainer.safetensors")
+        self.model.load_state_dict(ckpt.load_tensors(folder / "model.safetensors"))
+        self.ema.load_state_dict(ckpt.load_tensors(folder / "ema.safetensors"))
+        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(state, meta["optimizer"]))
+        self.step = int(meta["step"])
+        self.elapsed = float(meta.get("elapsed_seconds", 0.0))
+
+    # -- one step ----------------------------------------------------------------------------------
+    def _seeded(self, *keys: int) -> torch.Generator:
+        # distinct, reproducible streams for distinct (seed, purpose, step, rank)
+        mixed = self.config.seed
+        for key in keys:
+            mixed = (mixed * 1_000_003 + key + 1) % (2**63 - 1)
+        return torch.Generator().manual_seed(mixed)
+
+    def next_batch(self, noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's slice of global batch `self.step`; epochs drop their incomplete tail."""
+        size = self.config.batch_size
+        epoch, index_in_epoch = divmod(self.step, self.batches_per_epoch)
+        order = torch.randperm(len(self.data), generator=self._seeded(0, epoch))
+        per_rank = size // self.world
+        start = index_in_epoch * size + self.rank * per_rank
+        index = order[start:start + per_rank].to(self.device)
+        labels = None
+        if self.num_classes is not None:
+            labels = self.labels[index]
+            drop = torch.rand(len(index), generator=noise) < self.config.label_dropout
+            labels = torch.where(drop.to(self.device), torch.full_like(labels, self.num_classes), labels)
+        return self.images[index], labels
+
+    def learning_rate(self, step: int) -> float:
+        warmup = self.config.warmup_steps
+        return self.config.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else self.config.lr
+
+    def train_step(self) -> float:
+        noise = self._seeded(1, self.step, self.rank)
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=noise)))  # network dropout
+        x0, labels = self.next_batch(noise)
+        cond = {} if labels is None else {"labels": labels}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self.loss_fn(self.train_model, x0, cond, generator=noise)
+        if not _all_true(bool(torch.isfinite(loss)), self.world, self.device):
+            raise NonFiniteLossError(
+                f"the loss is {float(loss.detach())} at step {self.step + 1}; training stopped. "
+                f"The last good checkpoint is kept in {self.out_dir / ckpt.CHECKPOINTS}. "
+                "Try a lower learning rate or check the data for NaNs.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
+        self.optimizer.step()
+        self.step += 1
+        self._update_ema()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for ema, live in zip(self.ema.parameters(), self.model.parameters()):
+            ema.lerp_(live, 1 - decay)
+        for ema, live in zip(self.ema.buffers(), self.model.buffers()):
+            ema.copy_(live)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def fit(self) -> Path | None:
+        """Train until the step or time budget is spent; returns the last checkpoint written."""
+        config = self.config
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True)
+        start = time.perf_counter() - self.elapsed
+        window: list[float] = []
+        last = None
+        try:
+            while self.step < config.steps:
+                if config.minutes is not None and self._stop_for_time(start):
+                    break
+                window.append(self.train_step())
+                self.elapsed = time.perf_counter() - start
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{window[-1]:.4f}")
+                if self.step % config.log_every == 0:
+                    self._log(window)
+                    window = []
+                if self.step % config.checkpoint_every == 0:
+                    last = self._checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+        if window:
+            self._log(window)
+        if last is None or not last.name.endswith(f"{self.step:08d}"):
+            last = self._checkpoint()
+        return last
+
+    def _stop_for_time(self, start: float) -> bool:
+        over = time.perf_counter() - start > self.config.minutes * 60
+        # every rank must stop at the same step, or the others wait forever in all-reduce
+        return not _all_true(not over, self.world, self.device)
+
+    def _log(self, losses: list[float]) -> None:
+        if self.rank != 0 or not losses:
+            return
+        record = {"step": self.step, "loss": sum(losses) / len(losses), "lr": self.learning_rate(self.step - 1),
+                  "seconds": round(self.elapsed, 2)}
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _checkpoint(self) -> Path | None:
+        if self.rank != 0:
+            return None
+        folder = self.save()
+        self.write_pictures()
+        return folder
+
+    def write_pictures(self) -> None:
+        """The loss curve and a grid of samples from the EMA model, beside the checkpoints."""
+        from ..plotting import save_curve, save_image_grid
+        from .sampling import generate
+        records = [json.loads(line) for line in open(self.out_dir / "metrics.jsonl")] \
+            if (self.out_dir / "metrics.jsonl").exists() else []
+        save_curve([r["step"] for r in records], [r["loss"] for r in records], self.out_dir / "loss.png")
+        if len(self.data.shape) == 3:
+            labels = None
+            if self.num_classes is not None:
+                labels = torch.arange(self.config.grid_size) % self.num_classes
+            images = generate(self.ema, self.config, self.data.shape, self.config.grid_size, labels=labels,
+                              seed=0, device=self.device)
+            nrow = self.num_classes if self.num_classes else None
+            save_image_grid(images, self.out_dir / "samples.png", nrow=nrow)
+
+
+def train(config: TrainConfig, out_dir, **kwargs) -> Path | None:
+    return Trainer(config, out_dir, **kwargs).fit()
