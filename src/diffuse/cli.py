@@ -1,0 +1,177 @@
+"""`diffuse train | sample`: a thin command-line layer over diffuse.training.
+
+    diffuse train --data digits --out runs/digits [--cond class] [--minutes M] [--steps S] ...
+    diffuse sample RUN --n N [--labels 0-9 | 3,5,7] [--sampler NAME --steps K --guidance W]
+                   [--seed S] --out FILE.png | FILE.npz
+
+Distributed training: `torchrun --nproc_per_node=N -m diffuse train ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# What a process implies when only --process is given: the usual recipe for that family.
+PROCESS_RECIPES = {
+    "edm": dict(prediction="x0", preconditioning="edm", weighting="edm", time_sampling="log_normal",
+                sampler="heun", sample_steps=18),
+    "ve": dict(prediction="x0", preconditioning="edm", weighting="edm", time_sampling="log_normal",
+               sampler="heun", sample_steps=18),
+    "vp": dict(prediction="eps", preconditioning="none", weighting="simple", time_sampling="uniform",
+               sampler="dpmpp_2m", sample_steps=25),
+    "vp-cosine": dict(prediction="eps", preconditioning="none", weighting="simple", time_sampling="uniform",
+                      sampler="dpmpp_2m", sample_steps=25),
+    "ddpm": dict(prediction="eps", preconditioning="none", weighting="simple", time_sampling="uniform",
+                 sampler="dpmpp_2m", sample_steps=25, sample_schedule="trailing"),
+    "flow": dict(prediction="velocity", preconditioning="none", weighting="simple",
+                 time_sampling="logit_normal", sampler="heun", sample_steps=18),
+}
+
+
+def parse_labels(text: str | None) -> list[int] | None:
+    """'0-9' -> [0..9]; '3,5,7' -> [3, 5, 7]; ranges and lists mix ('0-2,7')."""
+    if text is None:
+        return None
+    labels = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, dash, hi = part.partition("-")
+        try:
+            labels += list(range(int(lo), int(hi) + 1)) if dash else [int(part)]
+        except ValueError:
+            raise ValueError(f"cannot read labels {text!r}: use a range like 0-9 or a list like 3,5,7") from None
+    if not labels:
+        raise ValueError(f"no labels in {text!r}")
+    return labels
+
+
+def _train(args) -> int:
+    from .process import get_process
+    from .training import TrainConfig, Trainer
+
+    overrides = {}
+    if args.process:
+        overrides.update(PROCESS_RECIPES[args.process])
+        overrides["process"] = get_process(args.process).config()
+    for name in ("cond", "prediction", "preconditioning", "weighting", "time_sampling", "batch_size", "lr",
+                 "steps", "minutes", "seed", "checkpoint_every", "ema_decay", "warmup_steps", "sampler",
+                 "sample_steps", "label_dropout"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    if args.network:
+        overrides["network"] = json.loads(args.network)
+    config = TrainConfig.from_dict({**TrainConfig(data=args.data).to_dict(), **overrides})
+    trainer = Trainer(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    last = trainer.fit()
+    if trainer.rank == 0:
+        print(f"trained {trainer.step} steps in {trainer.elapsed / 60:.1f} min; checkpoint {last}")
+        pictures = [Path(args.out) / name for name in ("samples.png", "loss.png")]
+        print("pictures: " + "  ".join(str(p) for p in pictures if p.exists()))  # toy runs have no grid
+    return 0
+
+
+def _sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from .data import to_unit
+    from .plotting import save_image_grid
+    from .training import generate, load_model
+
+    if args.n < 1:
+        raise ValueError(f"--n must be positive, got {args.n}")
+    out = Path(args.out)
+    if out.suffix not in (".png", ".npz"):  # before loading and sampling, not after
+        raise ValueError(f"--out must end in .png or .npz, got {out.name!r}")
+    model, config, data = load_model(args.run, ema=not args.no_ema, device=args.device or "cpu")
+    vectors = len(data["shape"]) == 1  # toy sets: points, not pixels
+    if vectors and out.suffix == ".png":
+        raise ValueError(f"this run's data are vectors of shape {data['shape']}, not images; "
+                         "write them with --out FILE.npz")
+    label_list = parse_labels(args.labels)
+    labels = None
+    if label_list is not None:
+        labels = torch.tensor([label_list[i % len(label_list)] for i in range(args.n)])
+    images = generate(model, config, data["shape"], args.n, labels=labels, guidance=args.guidance,
+                      sampler=args.sampler, steps=args.steps, schedule=args.schedule, seed=args.seed,
+                      device=args.device or "cpu")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stored = labels.numpy() if labels is not None else np.full(args.n, -1, dtype=np.int64)
+    if vectors:
+        np.savez(out, points=images.numpy().astype(np.float32), labels=stored)  # [N, D], unscaled
+    elif out.suffix == ".png":
+        nrow = len(label_list) if label_list and len(label_list) <= 32 else None
+        save_image_grid(images, out, nrow=nrow)
+    else:
+        pixels = to_unit(images).permute(0, 2, 3, 1).numpy().astype(np.float32)  # [N, H, W, C]
+        if pixels.shape[-1] == 1:
+            pixels = pixels[..., 0]
+        np.savez(out, images=pixels, labels=stored)
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffuse", description="Train and sample diffusion models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a diffusion model")
+    train.add_argument("--data", default="digits",
+                       help="digits | mnist | fashion | folder:PATH | idx:IMAGES[,LABELS] | ring | moons | ...")
+    train.add_argument("--out", required=True, help="run directory (checkpoints, metrics, pictures)")
+    train.add_argument("--cond", choices=["none", "class"])
+    train.add_argument("--process", choices=sorted(PROCESS_RECIPES),
+                       help="the Gaussian path, with its usual parameterisation and loss (default: edm)")
+    train.add_argument("--prediction", choices=["eps", "x0", "v", "score", "velocity"])
+    train.add_argument("--preconditioning", choices=["none", "edm"])
+    train.add_argument("--weighting", choices=["simple", "min_snr", "edm"])
+    train.add_argument("--time-sampling", dest="time_sampling", choices=["uniform", "log_normal", "logit_normal"])
+    train.add_argument("--network", help='network config as JSON, e.g. \'{"kind": "unet", "channels": 64}\'')
+    train.add_argument("--steps", type=int)
+    train.add_argument("--minutes", type=float, help="wall-clock budget")
+    train.add_argument("--batch-size", dest="batch_size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--warmup-steps", dest="warmup_steps", type=int)
+    train.add_argument("--ema-decay", dest="ema_decay", type=float)
+    train.add_argument("--label-dropout", dest="label_dropout", type=float)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    train.add_argument("--sampler", help="sampler for the sample grids (and `diffuse sample`'s default)")
+    train.add_argument("--sample-steps", dest="sample_steps", type=int)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
+
+    sample = commands.add_parser("sample", help="sample a trained run")
+    sample.add_argument("run", help="run directory or checkpoint folder")
+    sample.add_argument("--n", type=int, default=100)
+    sample.add_argument("--labels", help="class labels to cycle over: 0-9 or 3,5,7")
+    sample.add_argument("--sampler")
+    sample.add_argument("--steps", type=int)
+    sample.add_argument("--schedule")
+    sample.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--no-ema", dest="no_ema", action="store_true", help="use the raw weights, not the EMA")
+    sample.add_argument("--device")
+    sample.add_argument("--out", required=True, help="FILE.png (a grid) or FILE.npz (images, labels)")
+    sample.set_defaults(handler=_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .training import NonFiniteLossError
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, ImportError, CheckpointError, NonFiniteLossError) as e:
+        print(f"diffuse {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"diffuse {args.command}: interrupted", file=sys.stderr)
+        return 130
