@@ -91,9 +91,13 @@ def save_checkpoint(run_dir, step: int, config: dict, tensors: dict[str, dict[st
         _write_json(tmp / "trainer.json", {"step": step, **(meta or {})})
         _fsync_dir(tmp)
         final = root / name
-        if final.exists():  # re-saving the same step (e.g. at the end of a resumed run)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        if final.exists():  # re-saving a step: move the old one aside, then put the new in place
+            trash = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.old."))
+            os.rename(final, trash / name)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
         _fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -123,9 +127,14 @@ def latest_checkpoint(path) -> Path:
     if not pointer.is_file():
         raise CheckpointError(f"no checkpoint found in {path} (expected {pointer})")
     folder = root / pointer.read_text().strip()
-    if not folder.is_dir():
+    if folder.is_dir():
+        return folder
+    # Only a kill between the two renames of a same-step re-save can leave the pointer dangling;
+    # every step-* folder is complete (it was renamed into place whole), so take the newest.
+    complete = sorted(p for p in root.glob("step-*") if p.is_dir())
+    if not complete:
         raise CheckpointError(f"{pointer} names {folder.name}, which does not exist")
-    return folder
+    return complete[-1]
 
 
 def load_tensors(path) -> dict[str, torch.Tensor]:

@@ -53,6 +53,8 @@ def load_model(path, ema: bool = True, device="cpu") -> tuple[Denoiser, TrainCon
     """
     folder = ckpt.latest_checkpoint(path)
     stored = ckpt.load_json(folder / "config.json")
+    if not {"train", "data"} <= set(stored):
+        raise ckpt.CheckpointError(f"{folder / 'config.json'} is not a training config (needs 'train' and 'data')")
     config = TrainConfig.from_dict(stored["train"])
     model = build_model(config, stored["data"]["num_classes"])
     weights = ckpt.load_tensors(folder / ("ema.safetensors" if ema else "model.safetensors"))
@@ -129,6 +131,7 @@ class Trainer:
             raise ValueError(f"batch_size {config.batch_size} exceeds the {len(self.data)} training examples")
         self.step = 0
         self.elapsed = 0.0
+        self.saved = None  # (step, folder) of the newest checkpoint on disk
         if folder is not None:
             self._restore(folder)
         self.train_model = self.model
@@ -162,6 +165,11 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt.unflatten_optimizer(state, meta["optimizer"]))
         self.step = int(meta["step"])
         self.elapsed = float(meta.get("elapsed_seconds", 0.0))
+        self.saved = (self.step, folder)
+        metrics = self.out_dir / "metrics.jsonl"
+        if self.rank == 0 and metrics.exists():  # drop what was logged after this checkpoint
+            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            ckpt.write_text_atomic(metrics, "".join(line + "\n" for line in kept))
 
     # -- one step ----------------------------------------------------------------------------------
     def _seeded(self, *keys: int) -> torch.Generator:
@@ -198,8 +206,10 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             loss = self.loss_fn(self.train_model, x0, cond, generator=noise)
         if not _all_true(bool(torch.isfinite(loss)), self.world, self.device):
+            where = "" if self.world == 1 else f" on at least one of {self.world} processes (here {float(loss.detach())})"
             raise NonFiniteLossError(
-                f"the loss is {float(loss.detach())} at step {self.step + 1}; training stopped. "
+                f"the loss is {'not finite' + where if where else float(loss.detach())} at step {self.step + 1}; "
+                "training stopped. "
                 f"The last good checkpoint is kept in {self.out_dir / ckpt.CHECKPOINTS}. "
                 "Try a lower learning rate or check the data for NaNs.")
         self.optimizer.zero_grad(set_to_none=True)
@@ -233,7 +243,6 @@ class Trainer:
             bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True)
         start = time.perf_counter() - self.elapsed
         window: list[float] = []
-        last = None
         try:
             while self.step < config.steps:
                 if config.minutes is not None and self._stop_for_time(start):
@@ -247,15 +256,15 @@ class Trainer:
                     self._log(window)
                     window = []
                 if self.step % config.checkpoint_every == 0:
-                    last = self._checkpoint()
+                    self._checkpoint()
         finally:
             if bar is not None:
                 bar.close()
         if window:
             self._log(window)
-        if last is None or not last.name.endswith(f"{self.step:08d}"):
-            last = self._checkpoint()
-        return last
+        if self.saved is None or self.saved[0] != self.step:
+            self._checkpoint()
+        return None if self.saved is None else self.saved[1]
 
     def _stop_for_time(self, start: float) -> bool:
         over = time.perf_counter() - start > self.config.minutes * 60
@@ -274,6 +283,7 @@ class Trainer:
         if self.rank != 0:
             return None
         folder = self.save()
+        self.saved = (self.step, folder)
         self.write_pictures()
         return folder
 

@@ -1,0 +1,235 @@
+"""`diffuse train | sample` end to end on tiny settings, mostly in-process through cli.main."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from _tiny import MLP, PYTHON, subprocess_env, unet_json
+from diffuse.checkpoint import latest_checkpoint
+from diffuse.cli import main, parse_labels
+from diffuse.training import load_model
+
+
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def train(out, *options) -> tuple[int, str, str]:
+    return run_main(["train", "--out", out, "--quiet", "--steps", 3, "--batch-size", 16,
+                     "--checkpoint-every", 3, "--sample-steps", 2, "--warmup-steps", 1, *options])
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A class-conditional digits run trained through the CLI."""
+    run = tmp_path_factory.mktemp("digits")
+    code, out, err = train(run, "--data", "digits", "--cond", "class", "--network", unet_json(10))
+    assert code == 0, err
+    return run, out
+
+
+@pytest.fixture(scope="module")
+def ring_run(tmp_path_factory):
+    """An unconditional 2-D ring run trained through the CLI."""
+    run = tmp_path_factory.mktemp("ring")
+    code, _, err = train(run, "--data", "ring", "--network", json.dumps(MLP))
+    assert code == 0, err
+    return run
+
+
+def sample(run, out, *options) -> tuple[int, str, str]:
+    return run_main(["sample", run, "--steps", 2, "--out", out, *options])
+
+
+# -- train ---------------------------------------------------------------------------------------
+
+def test_train_writes_checkpoint_pictures_and_the_options_given(digits_run):
+    run, printed = digits_run
+    assert "trained 3 steps" in printed and "step-00000003" in printed
+    assert latest_checkpoint(run).name == "step-00000003"
+    assert (run / "samples.png").is_file() and (run / "loss.png").is_file()
+    _, config, data = load_model(run)
+    assert (config.cond, config.steps, config.batch_size, config.sample_steps, config.warmup_steps) == \
+        ("class", 3, 16, 2, 1)
+    assert config.network == json.loads(unet_json(10))
+    assert data["num_classes"] == 10 and data["shape"] == [1, 8, 8]
+
+
+def test_train_resume_extends_the_run(tmp_path):
+    assert train(tmp_path, "--data", "ring", "--network", json.dumps(MLP))[0] == 0
+    code, out, err = run_main(["train", "--out", tmp_path, "--data", "ring", "--resume", "--steps", 5,
+                               "--quiet"])
+    assert code == 0, err
+    assert "trained 5 steps" in out and latest_checkpoint(tmp_path).name == "step-00000005"
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--data", "nonsense"], "unknown data set 'nonsense'"),
+    (["--data", "digits", "--network", "{not json"], "Expecting property name"),
+    (["--data", "digits", "--cond", "class", "--network", unet_json(None)], "num_classes=10"),
+    (["--data", "ring", "--batch-size", 0], "batch_size must be positive"),
+])
+def test_train_errors_exit_1_with_a_message(tmp_path, options, message):
+    code, _, err = train(tmp_path / "run", *options)
+    assert code == 1
+    assert err.startswith("diffuse train: error:") and message in err
+
+
+def test_a_non_finite_loss_exits_1_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from diffuse.training import trainer as trainer_module
+
+    class Poisoned(trainer_module.DenoisingLoss):
+        calls = 0
+
+        def __call__(self, *args, **kwargs):
+            Poisoned.calls += 1
+            loss = super().__call__(*args, **kwargs)
+            return loss * float("nan") if Poisoned.calls == 3 else loss
+
+    monkeypatch.setattr(trainer_module, "DenoisingLoss", Poisoned)
+    code, out, err = run_main(["train", "--out", tmp_path, "--data", "ring", "--network", json.dumps(MLP),
+                               "--steps", 6, "--checkpoint-every", 2, "--quiet"])
+    assert code == 1 and out == ""
+    assert "diffuse train: error: the loss is nan at step 3" in err and "Traceback" not in err
+    assert latest_checkpoint(tmp_path).name == "step-00000002"
+    assert not (tmp_path / "checkpoints" / "step-00000003").exists()
+    load_model(tmp_path)
+
+
+# -- image folders -------------------------------------------------------------------------------
+
+def write_digit_folder(root, n: int = 12):
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / f"img{k:02d}.png")
+
+
+def test_train_on_an_image_folder(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    write_digit_folder(images)
+    code, _, err = run_main(["train", "--data", f"folder:{images}", "--out", tmp_path / "run", "--quiet",
+                             "--steps", 2, "--batch-size", 4, "--sample-steps", 2,
+                             "--network", unet_json(None)])
+    assert code == 0, err
+    _, _, data = load_model(tmp_path / "run")
+    assert data["shape"] == [1, 8, 8]
+
+
+def test_a_corrupt_image_is_named_in_the_error(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    write_digit_folder(images)
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+    code, _, err = run_main(["train", "--data", f"folder:{images}", "--out", tmp_path / "run", "--quiet"])
+    assert code == 1
+    assert "cannot read image" in err and str(images / "broken.png") in err
+    assert "Traceback" not in err
+
+
+def test_a_missing_image_folder_exits_1(tmp_path):
+    code, _, err = run_main(["train", "--data", f"folder:{tmp_path / 'nowhere'}", "--out", tmp_path / "r"])
+    assert code == 1 and "does not exist" in err
+
+
+# -- sample ------------------------------------------------------------------------------------------
+
+def test_sample_png_is_a_grid_with_one_column_per_label(digits_run, tmp_path):
+    run, _ = digits_run
+    code, out, err = sample(run, tmp_path / "sub" / "x.png", "--n", 12, "--labels", "0-9")
+    assert code == 0, err
+    assert "wrote 12 samples" in out
+    with Image.open(tmp_path / "sub" / "x.png") as image:
+        width, height = image.size
+    # ten columns and two rows of equal square cells, each with a one-pixel border
+    assert (width - 1) == 5 * (height - 1) and width >= 10 * 8
+
+
+def test_sample_npz_holds_images_in_unit_range_and_cycled_labels(digits_run, tmp_path):
+    run, _ = digits_run
+    assert sample(run, tmp_path / "x.npz", "--n", 12, "--labels", "0-9")[0] == 0
+    with np.load(tmp_path / "x.npz") as f:
+        images, labels = f["images"], f["labels"]
+    assert images.dtype == np.float32 and images.shape == (12, 8, 8)
+    assert images.min() >= 0 and images.max() <= 1
+    assert labels.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+    assert sample(run, tmp_path / "y.npz", "--n", 5, "--labels", "3,5,7")[0] == 0
+    assert np.load(tmp_path / "y.npz")["labels"].tolist() == [3, 5, 7, 3, 5]
+
+
+def test_sample_is_a_function_of_the_seed_and_guidance_changes_it(digits_run, tmp_path):
+    run, _ = digits_run
+
+    def draw(name, *options):
+        assert sample(run, tmp_path / name, "--n", 4, "--labels", "2", *options)[0] == 0
+        return np.load(tmp_path / name)["images"]
+
+    plain = draw("a.npz")
+    assert np.array_equal(plain, draw("b.npz"))
+    assert not np.array_equal(plain, draw("c.npz", "--seed", 1))
+    guided = draw("d.npz", "--guidance", 2)
+    assert np.isfinite(guided).all() and not np.array_equal(plain, guided)
+    assert not np.array_equal(plain, draw("e.npz", "--no-ema"))
+
+
+def test_sample_a_toy_run_writes_points(ring_run, tmp_path):
+    assert sample(ring_run, tmp_path / "p.npz", "--n", 7)[0] == 0
+    with np.load(tmp_path / "p.npz") as f:
+        assert f["points"].shape == (7, 2) and f["points"].dtype == np.float32
+        assert np.isfinite(f["points"]).all() and f["labels"].tolist() == [-1] * 7
+    code, _, err = sample(ring_run, tmp_path / "p.png", "--n", 7)
+    assert code == 1 and "not images" in err and not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize("which, options, message", [
+    ("ring", ["--labels", "0-3"], "unconditional"),
+    ("ring", ["--guidance", "2"], "guidance needs labels"),
+    ("digits", ["--labels", "0-10"], "labels must lie in 0..9"),
+    ("digits", ["--labels", "three"], "cannot read labels"),
+    ("digits", ["--n", "0"], "--n must be positive"),
+])
+def test_sample_errors_exit_1_with_a_message(digits_run, ring_run, tmp_path, which, options, message):
+    run = ring_run if which == "ring" else digits_run[0]
+    code, out, err = sample(run, tmp_path / "x.npz", *options)
+    assert code == 1 and out == ""
+    assert err.startswith("diffuse sample: error:") and message in err
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_sample_refuses_an_unknown_suffix_and_a_missing_run(digits_run, tmp_path):
+    code, _, err = sample(digits_run[0], tmp_path / "x.jpg")
+    assert code == 1 and "must end in .png or .npz" in err and not (tmp_path / "x.jpg").exists()
+    code, _, err = sample(tmp_path / "no-such-run", tmp_path / "x.png")
+    assert code == 1 and "no checkpoint found" in err
+
+
+def test_parse_labels():
+    assert parse_labels("0-2,7") == [0, 1, 2, 7]
+    assert parse_labels(" 4 ") == [4]
+    assert parse_labels(None) is None
+    with pytest.raises(ValueError, match="no labels"):
+        parse_labels("5-3")
+
+
+def test_python_dash_m_diffuse_samples(digits_run, tmp_path):
+    run, _ = digits_run
+    result = subprocess.run([PYTHON, "-m", "diffuse", "sample", str(run), "--n", "3", "--labels", "4",
+                             "--steps", "2", "--out", str(tmp_path / "x.npz")],
+                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    in_process = tmp_path / "y.npz"
+    assert sample(run, in_process, "--n", 3, "--labels", 4)[0] == 0
+    assert np.array_equal(np.load(tmp_path / "x.npz")["images"], np.load(in_process)["images"])
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "x.npz")["labels"]), torch.tensor([4, 4, 4]))
