@@ -15,6 +15,7 @@ from conftest import all_processes
 # A 1-D mixture with mean zero, so the N(0, 1) prior is right to first order on every process.
 WEIGHTS, MEANS, STDS = [0.4, 0.6], [-1.5, 1.0], [0.3, 0.2]
 MIXTURE = GaussianMixture([[m] for m in MEANS], STDS, WEIGHTS)
+STOCHASTIC = {"ddpm", "euler_ancestral", "sde", "pc", "sde_dpmpp_2m", "sde_dpmpp_3m"}
 
 
 def normal_quantiles(n):
@@ -42,9 +43,12 @@ def test_every_sampler_converges_to_the_data_distribution(process):
             g = torch.Generator().manual_seed(0)
             x = diffuse.sample(model, process, noise, sampler=name, steps=steps, generator=g)
             errors[steps] = wasserstein1(x)
-        # a random sample of 3000 from the true distribution is ~0.015 away in W1
-        assert errors[100] < 0.04, (name, errors)
-        assert errors[100] < errors[4] / 3, (name, errors)
+        # Deterministic samplers transport the exact quantiles, so only their own error shows;
+        # stochastic ones add fresh noise, and the share of samples in each mode then fluctuates
+        # by ~0.01, i.e. ~0.02 in W1 (the modes are 2.5 apart)
+        assert errors[100] < (0.07 if name in STOCHASTIC else 0.02), (name, errors)
+        if name != "adaptive":  # it picks its own steps; see test_adaptive_solver_meets_its_tolerance
+            assert errors[100] < errors[4] / 3, (name, errors)
 
 
 def _reference_ode_endpoint(process, x, t_max, t_min):
@@ -237,3 +241,81 @@ def test_zero_terminal_snr_with_v_prediction_gives_finite_samples():
         assert torch.isfinite(x).all(), name
         # every sample lands near one of the three modes
         assert torch.cdist(x, MIXTURE_2D.means).min(1).values.median() < 0.3, name
+
+
+@pytest.mark.parametrize("process", [VP("linear"), EDM(), Flow()], ids=["vp", "edm", "flow"])
+def test_adaptive_solver_meets_its_tolerance(process):
+    model = MIXTURE_2D.denoiser(process)
+    noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    times = make_times(process, "uniform", 2)
+    reference = diffuse.sample(model, process, noise, sampler="heun", schedule=make_times(process, "karras", 400)) \
+        if process.t_max == 1 and float(process.alpha(1.0)) > 0 else None
+    results = {}
+    for tol in (1e-3, 1e-6):
+        x, nfe = diffuse.sample(model, process, noise, sampler="adaptive", schedule=times, rtol=tol, atol=tol,
+                                return_nfe=True)
+        results[tol] = (x, nfe)
+    (loose, nfe_loose), (tight, nfe_tight) = results[1e-3], results[1e-6]
+    assert nfe_tight > nfe_loose > 10
+    if reference is not None:  # a converged second-order solve on the same end times
+        assert float((tight - reference).norm(dim=1).max()) < 1e-3
+        assert float((tight - reference).norm(dim=1).max()) < float((loose - reference).norm(dim=1).max())
+
+
+def _ode_error(process, name, steps, noise, reference, **options):
+    x = diffuse.sample(MIXTURE_2D.denoiser(process), process, noise, sampler=name, steps=steps,
+                       schedule="log_snr", **options)
+    return float((x - reference).norm(dim=1).pow(2).mean().sqrt())
+
+
+@pytest.mark.parametrize("name,options,min_ratio", [
+    ("ddim", {}, 1.6),                  # first order: halving the step halves the error
+    ("dpmpp_2m", {}, 3.0),              # second order: ~4x
+    ("dpmpp_2s", {}, 3.0),
+    ("heun", {}, 3.0),
+    ("dpmpp_3m", {}, 4.0),              # third order: ~8x once the history is built
+    ("unipc", {"order": 3}, 4.0),
+])
+def test_order_of_convergence_on_the_probability_flow_ode(name, options, min_ratio):
+    process = VP("linear")
+    noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    times = make_times(process, "log_snr", 2)
+    reference = diffuse.sample(MIXTURE_2D.denoiser(process), process, noise, sampler="adaptive",
+                               schedule=times, rtol=1e-10, atol=1e-10)
+    coarse, fine = (_ode_error(process, name, n, noise, reference, **options) for n in (40, 80))
+    assert coarse / fine > min_ratio, (coarse, fine)
+    if name != "ddim":
+        assert fine < _ode_error(process, "ddim", 80, noise, reference) / 5
+
+
+def test_stochastic_variants_reduce_to_their_deterministic_ones():
+    process = EDM()
+    model = MIXTURE_2D.denoiser(process)
+    noise = torch.randn(32, 2, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    run = lambda name, seed=0, **o: diffuse.sample(model, process, noise, sampler=name, steps=12,  # noqa: E731
+                                                   generator=torch.Generator().manual_seed(seed), **o)
+    torch.testing.assert_close(run("sde_dpmpp_2m", eta=0.0), run("dpmpp_2m"))
+    torch.testing.assert_close(run("sde_dpmpp_3m", eta=0.0), run("dpmpp_3m"))
+    torch.testing.assert_close(run("euler_ancestral"), run("ddim", eta=1.0))
+    torch.testing.assert_close(run("heun", churn=0.0), run("heun"))
+    assert not torch.allclose(run("heun", churn=30.0), run("heun"))
+    torch.testing.assert_close(run("pc", corrector_steps=0), run("sde"))
+
+
+def test_edm_stochastic_heun_converges():
+    process = EDM()
+    x = diffuse.sample(MIXTURE.denoiser(process), process, normal_quantiles(3000), sampler="heun", steps=64,
+                       schedule="karras", churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003,
+                       generator=torch.Generator().manual_seed(0))
+    assert wasserstein1(x) < 0.07
+
+
+def test_model_evaluations_per_sampler():
+    process = EDM()
+    noise = torch.randn(4, 2, dtype=torch.float64)
+    expected = {"ddim": 10, "dpmpp_2m": 10, "dpmpp_3m": 10, "unipc": 10, "heun": 19, "dpmpp_2s": 19,
+                "pc": 19, "sde": 10, "sde_dpmpp_2m": 10}
+    for name, nfe in expected.items():
+        _, used = diffuse.sample(MIXTURE_2D.denoiser(process), process, noise, sampler=name, steps=10,
+                                 return_nfe=True, generator=torch.Generator().manual_seed(0))
+        assert used == nfe, (name, used)

@@ -15,11 +15,14 @@ import torch
 
 from ..parameterization import PathCoefficients, check_prediction, to_x0_eps
 from ..process import GaussianPath
-from .ancestral import ddim, ddpm
+from .adaptive import adaptive
+from .ancestral import ddim, ddpm, euler_ancestral
 from .base import Grid
-from .dpm_solver import dpmpp_2m
+from .dpm_solver import dpmpp_2m, dpmpp_2s, dpmpp_3m, sde_dpmpp_2m, sde_dpmpp_3m
 from .ode import euler, heun
+from .sde import pc, sde
 from .schedules import SCHEDULES, make_times
+from .unipc import unipc
 
 _SAMPLERS: dict[str, Callable] = {
     "ddpm": ddpm,
@@ -27,6 +30,15 @@ _SAMPLERS: dict[str, Callable] = {
     "euler": euler,
     "heun": heun,
     "dpmpp_2m": dpmpp_2m,
+    "unipc": unipc,
+    "dpmpp_3m": dpmpp_3m,
+    "dpmpp_2s": dpmpp_2s,
+    "sde_dpmpp_2m": sde_dpmpp_2m,
+    "sde_dpmpp_3m": sde_dpmpp_3m,
+    "euler_ancestral": euler_ancestral,
+    "sde": sde,
+    "pc": pc,
+    "adaptive": adaptive,
 }
 
 
@@ -45,34 +57,52 @@ def _options_of(fn: Callable) -> set[str]:
     return {p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY}
 
 
-def make_denoiser(model, process: GaussianPath, grid: Grid, prediction: str, batch: int,
-                  device: torch.device, cond: dict, clip_denoised: float | None = None,
-                  callback: Callable | None = None) -> Callable:
-    """D(x, i): call the model at grid time t_i and return its estimate of x0."""
-    coefficients = [PathCoefficients.at(process, t, need_derivatives=prediction == "velocity")
-                    for t in grid.t]
+class GridDenoiser:
+    """D(x, i): the model's estimate of x0 at grid time t_i, whatever it predicts.
 
-    def denoise(x: torch.Tensor, i: int) -> torch.Tensor:
-        t = grid.t[i].to(device).expand(batch)
-        out = model(x, t, **cond)
+    `at(x, t)` evaluates off the grid (intermediate stages, churned noise levels, adaptive
+    solvers). `calls` counts model evaluations; it belongs to one `sample()` call only.
+    """
+
+    def __init__(self, model, process: GaussianPath, grid: Grid, prediction: str, batch: int,
+                 device: torch.device, cond: dict, clip_denoised: float | None = None,
+                 callback: Callable | None = None):
+        self.model, self.process, self.grid, self.prediction = model, process, grid, prediction
+        self.batch, self.device, self.cond = batch, device, cond
+        self.clip_denoised, self.callback = clip_denoised, callback
+        self.coefficients = [self._coefficients(t) for t in grid.t]
+        self.calls = 0
+
+    def _coefficients(self, t) -> PathCoefficients:
+        return PathCoefficients.at(self.process, t, need_derivatives=self.prediction == "velocity")
+
+    def __call__(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        return self._evaluate(x, self.grid.t[i], self.coefficients[i], i)
+
+    def at(self, x: torch.Tensor, t) -> torch.Tensor:
+        """D at any time: a number, or a float64 tensor [B] of one time per sample."""
+        t = torch.as_tensor(t, dtype=torch.float64).cpu()
+        return self._evaluate(x, t, self._coefficients(t), None)
+
+    def _evaluate(self, x, t, coefficients, i):
+        out = self.model(x, t.to(self.device).expand(self.batch), **self.cond)
+        self.calls += 1
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the model returned {shape} for an input of shape {tuple(x.shape)}")
-        x0, _ = to_x0_eps(prediction, out.to(x.dtype), x, coefficients[i])
-        if clip_denoised is not None:
-            x0 = x0.clamp(-clip_denoised, clip_denoised)
-        if callback is not None:
-            callback({"i": i, "t": float(grid.t[i]), "x": x, "denoised": x0})
+        x0, _ = to_x0_eps(self.prediction, out.to(x.dtype), x, coefficients)
+        if self.clip_denoised is not None:
+            x0 = x0.clamp(-self.clip_denoised, self.clip_denoised)
+        if self.callback is not None:
+            self.callback({"i": i, "t": float(t) if t.ndim == 0 else t, "x": x, "denoised": x0})
         return x0
-
-    return denoise
 
 
 def sample(model, process: GaussianPath, noise: torch.Tensor, sampler: str = "dpmpp_2m",
            steps: int | None = None, prediction: str | None = None,
            generator: torch.Generator | None = None, *, schedule="auto", cond: dict | None = None,
            clip_denoised: float | None = None, callback: Callable | None = None,
-           **options) -> torch.Tensor:
+           return_nfe: bool = False, **options):
     """Draw samples by integrating the reverse process from `noise` to clean data.
 
     model       any callable model(x, t, **cond) -> prediction, t a float64 tensor [B] of process time
@@ -86,6 +116,7 @@ def sample(model, process: GaussianPath, noise: torch.Tensor, sampler: str = "dp
     schedule    a name from `diffuse.samplers.SCHEDULES` ('auto' = the process's default), or an
                 explicit decreasing array of times
     cond        keyword arguments passed to every model call (labels, text embeddings, ...)
+    return_nfe  also return the number of model evaluations used: (x, nfe)
     options     the sampler's own options (e.g. eta for ddim)
     """
     fn = get(sampler)
@@ -106,12 +137,12 @@ def sample(model, process: GaussianPath, noise: torch.Tensor, sampler: str = "dp
     if grid.a(0) == 0 and prediction in ("eps", "score"):
         raise ValueError(f"at t={float(grid.t[0])} the process has zero SNR, where an {prediction!r} "
                          "prediction cannot recover x0; use a v, x0 or velocity model, or start at t < 1")
-    denoise = make_denoiser(model, process, grid, prediction, noise.shape[0], noise.device,
-                            cond or {}, clip_denoised, callback)
+    denoise = GridDenoiser(model, process, grid, prediction, noise.shape[0], noise.device,
+                           cond or {}, clip_denoised, callback)
     x = noise * process.prior_std
     with torch.no_grad():
-        return fn(denoise, x, grid, generator, **options)
+        x = fn(denoise, x, grid, generator, **options)
+    return (x, denoise.calls) if return_nfe else x
 
 
-__all__ = ["available", "get", "sample", "Grid", "SCHEDULES", "make_times",
-           "ddpm", "ddim", "euler", "heun", "dpmpp_2m"]
+__all__ = ["available", "get", "sample", "Grid", "GridDenoiser", "SCHEDULES", "make_times", *_SAMPLERS]

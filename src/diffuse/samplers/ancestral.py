@@ -26,7 +26,7 @@ def posterior_variance(grid: Grid, i: int) -> float:
     return s_next**2 * (1 - snr_ratio)
 
 
-def _step(x, x0, grid: Grid, i: int, mean_var: float, noise_var: float, generator):
+def ancestral_step(x, x0, grid: Grid, i: int, mean_var: float, noise_var: float, generator):
     eps = eps_from_x0(x, x0, grid, i)
     x_next = grid.a(i + 1) * x0 + math.sqrt(max(grid.s(i + 1) ** 2 - mean_var, 0.0)) * eps
     if noise_var > 0:
@@ -40,9 +40,18 @@ def ddim(denoise, x, grid: Grid, generator=None, *, eta: float = 0.0):
     if eta < 0:
         raise ValueError(f"eta must be non-negative, got {eta}")
     for i in range(grid.steps):
-        var = eta**2 * posterior_variance(grid, i)
-        x = _step(x, denoise(x, i), grid, i, var, var, generator)
+        # eta > 1 asks for more noise than the step has room for; cap it at sigma_{i+1}^2
+        var = min(eta**2 * posterior_variance(grid, i), grid.s(i + 1) ** 2)
+        x = ancestral_step(x, denoise(x, i), grid, i, var, var, generator)
     return x
+
+
+def euler_ancestral(denoise, x, grid: Grid, generator=None, *, eta: float = 1.0):
+    """Euler ancestral: an Euler step of the probability-flow ODE down to sigma_down followed by
+    fresh noise up to sigma_{i+1}, with sigma_up^2 = eta^2 x the posterior variance. In
+    y = x/alpha coordinates that is exactly the DDIM update above, so it is DDIM with eta = 1
+    by default."""
+    return ddim(denoise, x, grid, generator, eta=eta)
 
 
 def ddpm(denoise, x, grid: Grid, generator=None, *, variance: str = "small"):
@@ -54,5 +63,5 @@ def ddpm(denoise, x, grid: Grid, generator=None, *, variance: str = "small"):
         noise_var = var
         if variance == "large" and grid.s(i + 1) > 0:
             noise_var = grid.s(i) ** 2 - (grid.a(i) / grid.a(i + 1) * grid.s(i + 1)) ** 2
-        x = _step(x, denoise(x, i), grid, i, var, noise_var, generator)
+        x = ancestral_step(x, denoise(x, i), grid, i, var, noise_var, generator)
     return x

@@ -22,13 +22,14 @@ class Grid:
     t: torch.Tensor       # [N] model times, float64
     alpha: torch.Tensor   # [N + 1], last = 1
     sigma: torch.Tensor   # [N + 1], last = 0
+    process: GaussianPath  # for samplers that step between grid points
 
     @classmethod
     def from_times(cls, process: GaussianPath, times: torch.Tensor) -> "Grid":
         one = torch.ones(1, dtype=torch.float64)
         alpha = torch.cat([process.alpha(times), one])
         sigma = torch.cat([process.sigma(times), 0 * one])
-        return cls(times, alpha, sigma)
+        return cls(times, alpha, sigma, process)
 
     @property
     def steps(self) -> int:
