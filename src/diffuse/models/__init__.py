@@ -16,20 +16,23 @@ from typing import Any
 
 from torch import nn
 
+from .dit import DIT_CONFIGS, DiT, DiTConfig, dit_config
 from .mlp import MLP, MLPConfig
 from .unet import UNet, UNetConfig
 
-__all__ = ["MLP", "MLPConfig", "UNet", "UNetConfig", "NETWORKS", "build_network", "network_config"]
+__all__ = ["MLP", "MLPConfig", "UNet", "UNetConfig", "DiT", "DiTConfig", "DIT_CONFIGS",
+           "dit_config", "NETWORKS", "build_network", "network_config"]
 
 # kind -> (network class, config class)
 NETWORKS: dict[str, tuple[type[nn.Module], type]] = {
     "mlp": (MLP, MLPConfig),
     "unet": (UNet, UNetConfig),
+    "dit": (DiT, DiTConfig),
 }
 
 
 def build_network(config: dict[str, Any]) -> nn.Module:
-    """Build a network from ``{"kind": "unet" | "mlp", **config fields}``.
+    """Build a network from ``{"kind": "unet" | "mlp" | "dit", **config fields}``.
 
     Unknown kinds, unknown fields and missing required fields raise ValueError naming them;
     a silently ignored typo would otherwise build a different model than the one asked for.
