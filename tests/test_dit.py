@@ -389,3 +389,18 @@ def test_trains_and_loads(tmp_path):
     x, t, labels = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.7]), torch.tensor([1, 10])
     with torch.no_grad():
         torch.testing.assert_close(model(x, t, labels), trainer.ema.eval()(x, t, labels))
+
+
+def test_the_denoiser_passes_a_text_context_through():
+    from diffuse import EDM, Denoiser
+    from diffuse.models import build_network, dit_config
+    torch.manual_seed(0)
+    net = build_network(dit_config("DiT-XS", context_dim=8))
+    for p in net.parameters():  # leave the zero initialisation so the context can matter
+        p.data.add_(0.02 * torch.randn_like(p))
+    model = Denoiser(net, EDM(), prediction="x0", preconditioning="edm")
+    x = torch.randn(2, 1, 8, 8)
+    t = torch.tensor([0.3, 0.6], dtype=torch.float64)
+    a = model(x, t, context=torch.randn(2, 3, 8))
+    b = model(x, t, context=torch.randn(2, 3, 8))
+    assert not torch.allclose(a, b)

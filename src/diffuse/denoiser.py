@@ -43,13 +43,14 @@ class Denoiser(nn.Module):
         log_snr = self.process.log_snr(t).clamp(-_LOG_SNR_LIMIT, _LOG_SNR_LIMIT)
         return -log_snr / 8
 
-    def forward(self, x: torch.Tensor, t, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, labels: torch.Tensor | None = None, **cond) -> torch.Tensor:
+        """`cond` (e.g. a text `context` and its `context_mask`) goes to the network as is."""
         t = _as_time(t).to(x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         c_noise = self.noise_level(t).to(x.dtype)
         if self.preconditioning == "none":
-            return self.net(x, c_noise, labels)
+            return self.net(x, c_noise, labels, **cond)
         alpha = self.process.alpha(t)
         rho = self.process.sigma(t) / alpha
         sd2 = self.sigma_data**2
@@ -57,5 +58,5 @@ class Denoiser(nn.Module):
         c_in = (rho**2 + sd2).rsqrt()
         c_skip = sd2 / (rho**2 + sd2)
         c_out = rho * self.sigma_data * c_in
-        out = self.net(expand(c_in, x) * y, c_noise, labels)
+        out = self.net(expand(c_in, x) * y, c_noise, labels, **cond)
         return expand(c_skip, x) * y + expand(c_out, x) * out.to(x.dtype)
