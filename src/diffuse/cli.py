@@ -1,6 +1,9 @@
-"""`diffuse train | sample`: a thin command-line layer over diffuse.training.
+"""`diffuse train | train-autoencoder | sample`: a thin command-line layer over diffuse.training.
 
     diffuse train --data digits --out runs/digits [--cond class] [--minutes M] [--steps S] ...
+    diffuse train-autoencoder --data fashion --out runs/ae [--factor 4] [--latent-channels 4]
+                   [--kl-weight 1e-6] [--steps S] [--minutes M] ...
+    diffuse train --latent runs/ae --out runs/latent [--network '{"kind": "dit"}'] ...
     diffuse sample RUN --n N [--labels 0-9 | 3,5,7] [--sampler NAME --steps K --guidance W]
                    [--seed S] --out FILE.png | FILE.npz
 
@@ -64,13 +67,52 @@ def _train(args) -> int:
             overrides[name] = value
     if args.network:
         overrides["network"] = json.loads(args.network)
-    config = TrainConfig.from_dict({**TrainConfig(data=args.data).to_dict(), **overrides})
+    data = args.data
+    if args.latent:
+        overrides["latent"] = args.latent
+        if data is None and not args.resume:  # the autoencoder's own data, unless told otherwise
+            from .checkpoint import latest_checkpoint, load_json
+            data = load_json(latest_checkpoint(args.latent) / "config.json")["data"]["spec"]
+    config = TrainConfig.from_dict({**TrainConfig(data=data or "digits").to_dict(), **overrides})
     trainer = Trainer(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
     last = trainer.fit()
     if trainer.rank == 0:
         print(f"trained {trainer.step} steps in {trainer.elapsed / 60:.1f} min; checkpoint {last}")
         pictures = [Path(args.out) / name for name in ("samples.png", "loss.png")]
         print("pictures: " + "  ".join(str(p) for p in pictures if p.exists()))  # toy runs have no grid
+    return 0
+
+
+def _train_autoencoder(args) -> int:
+    from .models import AutoencoderConfig
+    from .training import AutoencoderTrainConfig, AutoencoderTrainer
+
+    overrides = {}
+    for name in ("loss", "kl_weight", "batch_size", "lr", "steps", "minutes", "seed", "checkpoint_every",
+                 "warmup_steps"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    shape = json.loads(args.autoencoder) if args.autoencoder else {}
+    if not isinstance(shape, dict):
+        raise ValueError(f"--autoencoder must be a JSON object, got {args.autoencoder!r}")
+    if args.factor is not None or "channel_mults" not in shape:  # in_channels comes from the data
+        shape["channel_mults"] = list(AutoencoderConfig.for_factor(args.factor or 2).channel_mults)
+    for name in ("latent_channels", "channels"):
+        if getattr(args, name) is not None:
+            shape[name] = getattr(args, name)
+    overrides["autoencoder"] = shape
+    config = AutoencoderTrainConfig.from_dict({**AutoencoderTrainConfig(data=args.data).to_dict(), **overrides})
+    trainer = AutoencoderTrainer(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    last = trainer.fit()
+    metrics = trainer.test_metrics
+    print(f"trained {trainer.step} steps in {trainer.elapsed / 60:.1f} min; checkpoint {last}")
+    print(f"test reconstruction PSNR {metrics['psnr']:.2f} dB over {metrics['examples']} images "
+          f"(in [0, 1]; {Path(args.out) / 'test_metrics.json'})")
+    print(f"latents {tuple(trainer.latent_shape)} per image (factor {trainer.model.factor}); "
+          f"scale factor {trainer.scale_factor:.4g}")
+    pictures = [Path(args.out) / name for name in ("reconstructions.png", "loss.png")]
+    print("pictures: " + "  ".join(str(p) for p in pictures if p.exists()))
     return 0
 
 
@@ -120,8 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a diffusion model")
-    train.add_argument("--data", default="digits",
-                       help="digits | mnist | fashion | folder:PATH | idx:IMAGES[,LABELS] | ring | moons | ...")
+    train.add_argument("--data",
+                       help="digits | mnist | fashion | folder:PATH | idx:IMAGES[,LABELS] | ring | moons | ... "
+                            "(default: digits, or the autoencoder's data with --latent)")
+    train.add_argument("--latent", help="an autoencoder run (diffuse train-autoencoder): train on its latents")
     train.add_argument("--out", required=True, help="run directory (checkpoints, metrics, pictures)")
     train.add_argument("--cond", choices=["none", "class"])
     train.add_argument("--process", choices=sorted(PROCESS_RECIPES),
@@ -146,6 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
+
+    autoencoder = commands.add_parser("train-autoencoder", help="train the autoencoder of latent diffusion")
+    autoencoder.add_argument("--data", default="digits", help="an image data set: digits | mnist | fashion | ...")
+    autoencoder.add_argument("--out", required=True, help="run directory (checkpoints, metrics, pictures)")
+    autoencoder.add_argument("--factor", type=int, help="downsampling factor, a power of two (default 2); "
+                                                        "it must divide the image size")
+    autoencoder.add_argument("--latent-channels", dest="latent_channels", type=int, help="default 4")
+    autoencoder.add_argument("--channels", type=int, help="width of the first level (default 32)")
+    autoencoder.add_argument("--autoencoder", help='the full config as JSON, e.g. \'{"channel_mults": [1, 2, 4]}\'')
+    autoencoder.add_argument("--loss", choices=["l1", "l2"], help="reconstruction error (default l1)")
+    autoencoder.add_argument("--kl-weight", dest="kl_weight", type=float, help="default 1e-6")
+    autoencoder.add_argument("--steps", type=int)
+    autoencoder.add_argument("--minutes", type=float, help="wall-clock budget")
+    autoencoder.add_argument("--batch-size", dest="batch_size", type=int)
+    autoencoder.add_argument("--lr", type=float)
+    autoencoder.add_argument("--warmup-steps", dest="warmup_steps", type=int)
+    autoencoder.add_argument("--seed", type=int)
+    autoencoder.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    autoencoder.add_argument("--resume", action="store_true", help="continue the run in --out")
+    autoencoder.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    autoencoder.add_argument("--quiet", action="store_true", help="no progress bar")
+    autoencoder.set_defaults(handler=_train_autoencoder)
 
     sample = commands.add_parser("sample", help="sample a trained run")
     sample.add_argument("run", help="run directory or checkpoint folder")

@@ -16,12 +16,14 @@ from typing import Any
 
 from torch import nn
 
+from .autoencoder import AutoencoderConfig, AutoencoderKL, autoencoder_config, build_autoencoder
 from .dit import DIT_CONFIGS, DiT, DiTConfig, dit_config
 from .mlp import MLP, MLPConfig
 from .unet import UNet, UNetConfig
 
 __all__ = ["MLP", "MLPConfig", "UNet", "UNetConfig", "DiT", "DiTConfig", "DIT_CONFIGS",
-           "dit_config", "NETWORKS", "build_network", "network_config"]
+           "dit_config", "NETWORKS", "build_network", "network_config",
+           "AutoencoderKL", "AutoencoderConfig", "build_autoencoder", "autoencoder_config"]
 
 # kind -> (network class, config class)
 NETWORKS: dict[str, tuple[type[nn.Module], type]] = {

@@ -1,8 +1,12 @@
-"""Training: configuration, the trainer (EMA, checkpoints, resume, DDP) and loading for sampling."""
+"""Training: configuration, the trainer (EMA, checkpoints, resume, DDP) and loading for sampling;
+the autoencoder of latent diffusion and its trainer."""
 
+from .autoencoder import (AutoencoderTrainConfig, AutoencoderTrainer, LatentCodec, load_autoencoder,
+                          open_autoencoder, train_autoencoder)
 from .config import TrainConfig, default_network
 from .sampling import generate
 from .trainer import NonFiniteLossError, Trainer, build_model, load_model, train
 
 __all__ = ["TrainConfig", "default_network", "Trainer", "train", "build_model", "load_model",
-           "generate", "NonFiniteLossError"]
+           "generate", "NonFiniteLossError", "AutoencoderTrainConfig", "AutoencoderTrainer",
+           "train_autoencoder", "load_autoencoder", "open_autoencoder", "LatentCodec"]

@@ -16,6 +16,7 @@ class TrainConfig:
     data: str = "digits"                 # a spec for diffuse.data.load_dataset
     cond: str = "none"                   # "none" | "class"
     network: dict | None = None          # {"kind": "unet" | "mlp", ...}; None: a default for the data
+    latent: str | None = None            # an autoencoder run: train on its latents (latent diffusion)
     # the diffusion model: process, parameterisation, loss
     process: dict = field(default_factory=default_process)   # GaussianPath.config()
     prediction: str = "x0"
@@ -54,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.minutes is not None and self.minutes <= 0:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
+        if self.latent is not None and (not isinstance(self.latent, str) or not self.latent):
+            raise ValueError(f"latent must be the path of an autoencoder run, got {self.latent!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -73,5 +76,8 @@ def default_network(shape: tuple[int, ...], num_classes: int | None) -> dict:
         return {"kind": "mlp", "dim": shape[0], "num_classes": num_classes}
     channels, height, width = shape
     mults = [1, 2] if min(height, width) <= 16 else [1, 2, 2]
+    # Latent grids can be odd (28x28 images at factor 4 give 7x7): keep the levels the size allows.
+    while len(mults) > 1 and (height % 2 ** (len(mults) - 1) or width % 2 ** (len(mults) - 1)):
+        mults.pop()
     return {"kind": "unet", "in_channels": channels, "channels": 32, "channel_mults": mults,
             "num_res_blocks": 2, "attention_levels": [len(mults) - 1], "num_classes": num_classes}

@@ -28,6 +28,8 @@ from ..denoiser import Denoiser
 from ..models import build_network, network_config
 from ..objectives import DenoisingLoss
 from ..process import process_from_config
+from .autoencoder import KIND as AUTOENCODER_KIND
+from .autoencoder import network_for_latents, open_autoencoder
 from .config import TrainConfig, default_network
 
 
@@ -46,13 +48,20 @@ def build_model(config: TrainConfig, num_classes: int | None) -> Denoiser:
                     config.preconditioning, config.sigma_data)
 
 
-def load_model(path, ema: bool = True, device="cpu") -> tuple[Denoiser, TrainConfig, dict]:
+def load_model(path, ema: bool = True, device="cpu", autoencoder=None) -> tuple[Denoiser, TrainConfig, dict]:
     """Load a trained model from a run directory or checkpoint folder, for sampling.
 
     Returns (model in eval mode, its training config, the data description stored with it).
+    A latent diffusion model comes with its autoencoder's codec as `model.latent_decoder` (not a
+    submodule: the state dict stays the diffusion weights), which `generate` decodes with; it is
+    found where the checkpoint recorded it, or at `autoencoder` (a run or checkpoint folder) if
+    moved, and must have the recorded weights' fingerprint.
     """
     folder = ckpt.latest_checkpoint(path)
     stored = ckpt.load_json(folder / "config.json")
+    if stored.get("kind") == AUTOENCODER_KIND:
+        raise ckpt.CheckpointError(f"{folder} is an autoencoder run, not a diffusion model; train one on "
+                                   f"its latents with `diffuse train --latent {path}`")
     if not {"train", "data"} <= set(stored):
         raise ckpt.CheckpointError(f"{folder / 'config.json'} is not a training config (needs 'train' and 'data')")
     config = TrainConfig.from_dict(stored["train"])
@@ -62,7 +71,12 @@ def load_model(path, ema: bool = True, device="cpu") -> tuple[Denoiser, TrainCon
         model.load_state_dict(weights)
     except RuntimeError as e:
         raise ckpt.CheckpointError(f"{folder}: weights do not match the stored config: {e}") from None
-    return model.to(device).eval(), config, stored["data"]
+    model = model.to(device).eval()
+    if config.latent is not None:
+        if "latent" not in stored:
+            raise ckpt.CheckpointError(f"{folder / 'config.json'} names an autoencoder but has no 'latent' reference")
+        model.latent_decoder = open_autoencoder(autoencoder, stored["latent"], device)
+    return model, config, stored["data"]
 
 
 # -- distributed helpers ------------------------------------------------------------------------------
@@ -99,14 +113,23 @@ class Trainer:
 
         config = copy.deepcopy(config)  # sigma_data and network get filled in; not the caller's copy
         folder = None
+        reference = None  # the autoencoder a resumed latent run was trained with
         if resume:
             folder = ckpt.latest_checkpoint(self.out_dir)
-            stored = TrainConfig.from_dict(ckpt.load_json(folder / "config.json")["train"])
+            raw = ckpt.load_json(folder / "config.json")
+            stored = TrainConfig.from_dict(raw["train"])
+            reference = raw.get("latent")
             # The run's identity comes from the checkpoint; only the budget may change on resume.
             config = TrainConfig.from_dict({**stored.to_dict(), "steps": config.steps,
                                             "minutes": config.minutes,
                                             "checkpoint_every": config.checkpoint_every})
         self.data = dataset if dataset is not None else load_dataset(config.data, "train")
+        # Latent diffusion: from here on the data are the autoencoder's scaled latents, encoded once.
+        self.image_shape = self.data.shape
+        self.codec = None
+        if config.latent is not None:
+            self.codec = open_autoencoder(config.latent, reference, self.device)
+            self.data = self.codec.encode_dataset(self.data)
         if config.cond == "class" and self.data.labels is None:
             raise ValueError(f"cond='class' needs a labelled data set; {config.data!r} has no labels")
         num_classes = self.data.num_classes if config.cond == "class" else None
@@ -114,6 +137,8 @@ class Trainer:
             config.sigma_data = round(float(self.data.data.std()), 4)
         if config.network is None:
             config.network = default_network(self.data.shape, num_classes)
+        elif self.codec is not None:
+            config.network = network_for_latents(config.network, self.data.shape)
         if config.batch_size % self.world:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by {self.world} processes")
         self.config = config
@@ -143,10 +168,14 @@ class Trainer:
 
     # -- checkpointing -----------------------------------------------------------------------------
     def stored_config(self) -> dict:
-        return {"train": self.config.to_dict(),
-                "data": {"spec": self.config.data, "shape": list(self.data.shape),
-                         "num_classes": self.num_classes, "class_names": self.data.class_names,
-                         "sigma_data": self.config.sigma_data}}
+        stored = {"train": self.config.to_dict(),
+                  "data": {"spec": self.config.data, "shape": list(self.image_shape),
+                           "num_classes": self.num_classes, "class_names": self.data.class_names,
+                           "sigma_data": self.config.sigma_data}}
+        if self.codec is not None:  # data.shape stays the images' shape: what sampling returns
+            stored["data"]["latent_shape"] = list(self.data.shape)
+            stored["latent"] = self.codec.reference
+        return stored
 
     def save(self) -> Path:
         opt_tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
@@ -298,8 +327,8 @@ class Trainer:
             labels = None
             if self.num_classes is not None:
                 labels = torch.arange(self.config.grid_size) % self.num_classes
-            images = generate(self.ema, self.config, self.data.shape, self.config.grid_size, labels=labels,
-                              seed=0, device=self.device)
+            images = generate(self.ema, self.config, self.image_shape, self.config.grid_size, labels=labels,
+                              seed=0, device=self.device, decoder=self.codec)
             nrow = self.num_classes if self.num_classes else None
             save_image_grid(images, self.out_dir / "samples.png", nrow=nrow)
 
