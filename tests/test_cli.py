@@ -233,3 +233,21 @@ def test_python_dash_m_diffuse_samples(digits_run, tmp_path):
     assert sample(run, in_process, "--n", 3, "--labels", 4)[0] == 0
     assert np.array_equal(np.load(tmp_path / "x.npz")["images"], np.load(in_process)["images"])
     assert torch.equal(torch.from_numpy(np.load(tmp_path / "x.npz")["labels"]), torch.tensor([4, 4, 4]))
+
+
+def test_eval_prints_the_metrics_beside_the_floor(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DIFFUSE_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--cond", "class", "--steps", "2", "--batch-size", "16",
+                 "--network", unet_json(10), "--checkpoint-every", "2", "--sample-steps", "2",
+                 "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "scores.json"
+    assert main(["eval", str(run), "--n", "50", "--steps", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fd" in printed and "accuracy" in printed and "floor" in printed
+    scores = json.loads(out.read_text())
+    assert scores["model"]["n_generated"] == 50
+    # an untrained model is far from the data; real data is at the floor
+    assert scores["model"]["fd"] > scores["floor"]["fd"]
+    assert scores["floor"]["accuracy"] > 0.95

@@ -1,4 +1,4 @@
-"""`diffuse train | train-autoencoder | sample`: a thin command-line layer over diffuse.training.
+"""`diffuse train | train-autoencoder | sample | eval`: a thin command-line layer over diffuse.training.
 
     diffuse train --data digits --out runs/digits [--cond class] [--minutes M] [--steps S] ...
     diffuse train-autoencoder --data fashion --out runs/ae [--factor 4] [--latent-channels 4]
@@ -6,6 +6,7 @@
     diffuse train --latent runs/ae --out runs/latent [--network '{"kind": "dit"}'] ...
     diffuse sample RUN --n N [--labels 0-9 | 3,5,7] [--sampler NAME --steps K --guidance W]
                    [--seed S] --out FILE.png | FILE.npz
+    diffuse eval RUN [--n N] [--sampler NAME --steps K --guidance W] [--out FILE.json]
 
 Distributed training: `torchrun --nproc_per_node=N -m diffuse train ...`.
 """
@@ -157,6 +158,32 @@ def _sample(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    import torch
+
+    from .data import load_dataset
+    from .metrics import evaluate, floor
+    from .training import generate, load_model
+
+    model, config, data = load_model(args.run, ema=not args.no_ema, device=args.device or "cpu")
+    test = load_dataset(data["spec"], "test")
+    n = args.n or len(test)
+    labels = None
+    if data["num_classes"] is not None:  # the test split's own class mix, repeated as needed
+        labels = test.labels[torch.arange(n) % len(test)]
+    images = generate(model, config, data["shape"], n, labels=labels, guidance=args.guidance,
+                      sampler=args.sampler, steps=args.steps, schedule=args.schedule, seed=args.seed,
+                      device=args.device or "cpu")
+    scores, reference = evaluate(images, labels, data["spec"]), floor(data["spec"])
+    print(f"{'metric':<22}{'model':>12}{'floor':>12}")
+    for key in scores:
+        if key in reference:
+            print(f"{key:<22}{scores[key]:>12.4g}{reference[key]:>12.4g}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"model": scores, "floor": reference}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffuse", description="Train and sample diffusion models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -214,19 +241,29 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.set_defaults(handler=_train_autoencoder)
 
     sample = commands.add_parser("sample", help="sample a trained run")
-    sample.add_argument("run", help="run directory or checkpoint folder")
+    _sampling_arguments(sample)
     sample.add_argument("--n", type=int, default=100)
     sample.add_argument("--labels", help="class labels to cycle over: 0-9 or 3,5,7")
-    sample.add_argument("--sampler")
-    sample.add_argument("--steps", type=int)
-    sample.add_argument("--schedule")
-    sample.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--no-ema", dest="no_ema", action="store_true", help="use the raw weights, not the EMA")
-    sample.add_argument("--device")
     sample.add_argument("--out", required=True, help="FILE.png (a grid) or FILE.npz (images, labels)")
     sample.set_defaults(handler=_sample)
+
+    evaluate = commands.add_parser("eval", help="score a trained run against the held-out split, beside the real-data floor")
+    _sampling_arguments(evaluate)
+    evaluate.add_argument("--n", type=int, help="number of samples (default: the test split's size)")
+    evaluate.add_argument("--out", help="also write the numbers to this JSON file")
+    evaluate.set_defaults(handler=_evaluate)
     return parser
+
+
+def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run directory or checkpoint folder")
+    parser.add_argument("--sampler")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--schedule")
+    parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-ema", dest="no_ema", action="store_true", help="use the raw weights, not the EMA")
+    parser.add_argument("--device")
 
 
 def main(argv: list[str] | None = None) -> int:
