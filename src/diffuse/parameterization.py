@@ -51,26 +51,38 @@ class PathCoefficients:
         return cls(a, s, da, ds)
 
 
-def to_x0_eps(kind: str, prediction: torch.Tensor, x_t: torch.Tensor, c: PathCoefficients):
-    """Solve for (x0, eps) from x_t and a prediction of `kind`."""
+def to_x0(kind: str, prediction: torch.Tensor, x_t: torch.Tensor, c: PathCoefficients) -> torch.Tensor:
+    """E[x0 | x_t] from x_t and a prediction of `kind` (all a sampler needs)."""
     a, s = expand(c.alpha, x_t), expand(c.sigma, x_t)
     if kind == "eps":
-        eps = prediction
-        return (x_t - s * eps) / a, eps
+        return (x_t - s * prediction) / a
     if kind == "x0":
-        x0 = prediction
-        return x0, (x_t - a * x0) / s
+        return prediction
     if kind == "v":
-        norm = a**2 + s**2
-        return (a * x_t - s * prediction) / norm, (s * x_t + a * prediction) / norm
+        return (a * x_t - s * prediction) / (a**2 + s**2)
     if kind == "score":
-        eps = -s * prediction
-        return (x_t - s * eps) / a, eps
+        return (x_t + s**2 * prediction) / a
     if kind == "velocity":
         da, ds = expand(c.d_alpha, x_t), expand(c.d_sigma, x_t)
-        det = a * ds - s * da  # > 0 whenever log-SNR strictly decreases
-        return (ds * x_t - s * prediction) / det, (a * prediction - da * x_t) / det
+        return (ds * x_t - s * prediction) / (a * ds - s * da)  # a ds - s da > 0: log-SNR decreases
     check_prediction(kind)
+
+
+def to_x0_eps(kind: str, prediction: torch.Tensor, x_t: torch.Tensor, c: PathCoefficients):
+    """Solve for (x0, eps) from x_t and a prediction of `kind`. eps comes from its own formula,
+    not from x0, which would amplify x0's rounding by alpha/sigma at low noise."""
+    x0 = to_x0(kind, prediction, x_t, c)
+    a, s = expand(c.alpha, x_t), expand(c.sigma, x_t)
+    if kind == "eps":
+        return x0, prediction
+    if kind == "x0":
+        return x0, (x_t - a * x0) / s
+    if kind == "v":
+        return x0, (s * x_t + a * prediction) / (a**2 + s**2)
+    if kind == "score":
+        return x0, -s * prediction
+    da, ds = expand(c.d_alpha, x_t), expand(c.d_sigma, x_t)
+    return x0, (a * prediction - da * x_t) / (a * ds - s * da)
 
 
 def from_x0_eps(kind: str, x0: torch.Tensor, eps: torch.Tensor, c: PathCoefficients) -> torch.Tensor:

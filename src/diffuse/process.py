@@ -33,8 +33,11 @@ def _as_time(t) -> torch.Tensor:
     return t.to(_f64)
 
 
-def expand(coefficient: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Broadcast a per-sample coefficient of shape [B] (or []) against x of shape [B, ...]."""
+def expand(coefficient, x: torch.Tensor):
+    """Broadcast a per-sample coefficient of shape [B] (or []) against x of shape [B, ...].
+    A Python number is returned as it is: it broadcasts already, at no cost."""
+    if isinstance(coefficient, (int, float)):
+        return coefficient
     coefficient = coefficient.to(device=x.device, dtype=x.dtype)
     return coefficient.reshape(coefficient.shape + (1,) * (x.ndim - coefficient.ndim))
 

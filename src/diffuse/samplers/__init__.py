@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..parameterization import PathCoefficients, check_prediction, to_x0_eps
+from ..parameterization import PathCoefficients, check_prediction, to_x0
 from ..process import GaussianPath
 from .adaptive import adaptive
 from .ancestral import ddim, ddpm, euler_ancestral
@@ -70,14 +70,18 @@ class GridDenoiser:
         self.model, self.process, self.grid, self.prediction = model, process, grid, prediction
         self.batch, self.device, self.cond = batch, device, cond
         self.clip_denoised, self.callback = clip_denoised, callback
-        self.coefficients = [self._coefficients(t) for t in grid.t]
+        # one vectorised evaluation of the schedule for the whole grid, kept as Python numbers
+        every = self._coefficients(grid.t)
+        columns = [c.tolist() for c in (every.alpha, every.sigma, every.d_alpha, every.d_sigma)]
+        self.coefficients = [PathCoefficients(*values) for values in zip(*columns)]
+        self.times = list(grid.t.to(device).unsqueeze(1).expand(-1, batch))  # the model's t, per step
         self.calls = 0
 
     def _coefficients(self, t) -> PathCoefficients:
         return PathCoefficients.at(self.process, t, need_derivatives=self.prediction == "velocity")
 
     def __call__(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        return self._evaluate(x, self.grid.t[i], self.coefficients[i], i)
+        return self._evaluate(x, self.times[i], self.coefficients[i], i)
 
     def at(self, x: torch.Tensor, t) -> torch.Tensor:
         """D at any time: a number, or a float64 tensor [B] of one time per sample."""
@@ -85,16 +89,19 @@ class GridDenoiser:
         return self._evaluate(x, t, self._coefficients(t), None)
 
     def _evaluate(self, x, t, coefficients, i):
-        out = self.model(x, t.to(self.device).expand(self.batch), **self.cond)
+        if t.ndim == 0 or t.shape[0] != self.batch:
+            t = t.to(self.device).expand(self.batch)
+        out = self.model(x, t, **self.cond)
         self.calls += 1
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the model returned {shape} for an input of shape {tuple(x.shape)}")
-        x0, _ = to_x0_eps(self.prediction, out.to(x.dtype), x, coefficients)
+        x0 = to_x0(self.prediction, out.to(x.dtype), x, coefficients)
         if self.clip_denoised is not None:
             x0 = x0.clamp(-self.clip_denoised, self.clip_denoised)
         if self.callback is not None:
-            self.callback({"i": i, "t": float(t) if t.ndim == 0 else t, "x": x, "denoised": x0})
+            time = float(self.grid.t[i]) if i is not None else (float(t) if t.ndim == 0 else t)
+            self.callback({"i": i, "t": time, "x": x, "denoised": x0})
         return x0
 
 

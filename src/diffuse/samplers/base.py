@@ -31,23 +31,31 @@ class Grid:
         sigma = torch.cat([process.sigma(times), 0 * one])
         return cls(times, alpha, sigma, process)
 
+    def __post_init__(self):
+        # Samplers read these per step as Python floats: converting tensors element by element
+        # would cost more than the arithmetic on small images.
+        object.__setattr__(self, "_a", self.alpha.tolist())
+        object.__setattr__(self, "_s", self.sigma.tolist())
+        object.__setattr__(self, "_rho", (self.sigma / self.alpha).tolist())
+        object.__setattr__(self, "_lam", (torch.log(self.alpha) - torch.log(self.sigma)).tolist())
+
     @property
     def steps(self) -> int:
         return self.t.numel()
 
     def a(self, i: int) -> float:
-        return float(self.alpha[i])
+        return self._a[i]
 
     def s(self, i: int) -> float:
-        return float(self.sigma[i])
+        return self._s[i]
 
     def rho(self, i: int) -> float:
         """sigma/alpha, the VE-equivalent noise level (0 at the clean end)."""
-        return float(self.sigma[i] / self.alpha[i])
+        return self._rho[i]
 
     def lam(self, i: int) -> float:
         """Half log-SNR, log(alpha/sigma) (+inf at the clean end), DPM-Solver's lambda."""
-        return float(torch.log(self.alpha[i]) - torch.log(self.sigma[i]))
+        return self._lam[i]
 
 
 def eps_from_x0(x: torch.Tensor, x0: torch.Tensor, grid: Grid, i: int) -> torch.Tensor:

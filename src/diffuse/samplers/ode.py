@@ -58,12 +58,13 @@ def heun(denoise, x, grid: Grid, generator=None, *, churn: float = 0.0, s_tmin: 
             x0 = denoise(x, i)
             eps = eps_from_x0(x, x0, grid, i)
             rho = grid.rho(i)
-        # Euler: y_{i+1} = D + rho_{i+1} eps
-        x_next = grid.a(i + 1) * (x0 + grid.s(i + 1) / grid.a(i + 1) * eps) if grid.s(i + 1) else x0
+        a_next = grid.a(i + 1)
+        # Euler: y_{i+1} = D + rho_{i+1} eps, i.e. x_{i+1} = alpha_{i+1} D + sigma_{i+1} eps
+        x_next = a_next * x0 + grid.s(i + 1) * eps
         if grid.s(i + 1) > 0 and math.isfinite(rho):
             eps_next = eps_from_x0(x_next, denoise(x_next, i + 1), grid, i + 1)
             # y_{i+1} = y_hat + (rho_{i+1} - rho_hat) (eps + eps_next) / 2, with y_hat = D + rho_hat eps
-            y = x0 + rho * eps + (grid.rho(i + 1) - rho) * (eps + eps_next) / 2
-            x_next = grid.a(i + 1) * y
+            half = (grid.rho(i + 1) - rho) / 2
+            x_next = a_next * x0 + (a_next * (rho + half)) * eps + (a_next * half) * eps_next
         x = x_next
     return x
