@@ -43,7 +43,7 @@ class PathCoefficients:
     @classmethod
     def at(cls, process: GaussianPath, t, need_derivatives: bool = True) -> "PathCoefficients":
         t = _as_time(t)
-        a, s = process.alpha(t), process.sigma(t)
+        a, s = process.alpha_sigma(t)
         if need_derivatives:
             da, ds = process.derivatives(t)
         else:

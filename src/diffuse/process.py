@@ -56,6 +56,10 @@ class GaussianPath:
     def sigma(self, t) -> torch.Tensor:
         raise NotImplementedError
 
+    def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both coefficients at once (processes that share work between them override this)."""
+        return self.alpha(t), self.sigma(t)
+
     # -- what follows from them -------------------------------------------------------------------
     def log_snr(self, t) -> torch.Tensor:
         """lambda(t) = log(alpha^2 / sigma^2)."""
@@ -164,6 +168,10 @@ class VP(GaussianPath):
     def sigma(self, t):
         # -expm1 keeps sigma accurate when alpha_bar is close to 1 (t near 0).
         return torch.sqrt(-torch.expm1(self.log_alpha_bar(t)))
+
+    def alpha_sigma(self, t):
+        log_alpha_bar = self.log_alpha_bar(t)
+        return torch.exp(0.5 * log_alpha_bar), torch.sqrt(-torch.expm1(log_alpha_bar))
 
     def log_snr(self, t):
         lab = self.log_alpha_bar(t)

@@ -8,6 +8,7 @@ randomness from the generator given, so they can run in many threads at once.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Callable
 
@@ -53,6 +54,7 @@ def get(name: str) -> Callable:
     return _SAMPLERS[name]
 
 
+@functools.lru_cache(maxsize=None)
 def _options_of(fn: Callable) -> set[str]:
     return {p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY}
 
@@ -70,9 +72,12 @@ class GridDenoiser:
         self.model, self.process, self.grid, self.prediction = model, process, grid, prediction
         self.batch, self.device, self.cond = batch, device, cond
         self.clip_denoised, self.callback = clip_denoised, callback
-        # one vectorised evaluation of the schedule for the whole grid, kept as Python numbers
-        every = self._coefficients(grid.t)
-        columns = [c.tolist() for c in (every.alpha, every.sigma, every.d_alpha, every.d_sigma)]
+        # the grid's own alpha and sigma (and derivatives, once, if needed) as Python numbers
+        if prediction == "velocity":
+            d_alpha, d_sigma = (d.tolist() for d in process.derivatives(grid.t))
+        else:
+            d_alpha = d_sigma = [float("nan")] * grid.steps
+        columns = [grid.alpha[:-1].tolist(), grid.sigma[:-1].tolist(), d_alpha, d_sigma]
         self.coefficients = [PathCoefficients(*values) for values in zip(*columns)]
         self.times = list(grid.t.to(device).unsqueeze(1).expand(-1, batch))  # the model's t, per step
         self.calls = 0

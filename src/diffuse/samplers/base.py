@@ -27,8 +27,8 @@ class Grid:
     @classmethod
     def from_times(cls, process: GaussianPath, times: torch.Tensor) -> "Grid":
         one = torch.ones(1, dtype=torch.float64)
-        alpha = torch.cat([process.alpha(times), one])
-        sigma = torch.cat([process.sigma(times), 0 * one])
+        alpha, sigma = process.alpha_sigma(times)
+        alpha, sigma = torch.cat([alpha, one]), torch.cat([sigma, 0 * one])
         return cls(times, alpha, sigma, process)
 
     def __post_init__(self):
