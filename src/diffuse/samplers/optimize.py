@@ -10,7 +10,10 @@ sampler's output and the exact probability-flow ODE endpoint from the same start
 over a training batch of noise, with the first and last times held fixed. ODE_i integrates the ODE
 exactly from the first time to the last and then takes the sampler's own final step, x = D at the
 last time: that is the limit every sampler with those ends converges to as its steps grow, so E
-measures discretisation error only.
+measures discretisation error only. With `free_last` the target stays the same but the sampler may
+stop earlier (take its final step x = D at a noisier level): with very few steps the last model
+call, at the least noisy level, removes only the little noise left there, and is better spent
+where the trajectories still choose their modes.
 
 Parametrisation. Between the fixed ends the N - 1 gaps in log-SNR are
 
@@ -45,7 +48,7 @@ import torch
 
 from ..odeint import dopri5
 from ..parameterization import PathCoefficients, check_prediction, to_x0_eps
-from ..process import GaussianPath
+from ..process import GaussianPath, expand
 from . import sample
 from .schedules import make_times
 
@@ -65,10 +68,13 @@ def _prediction_of(model, prediction):
     return check_prediction(prediction)
 
 
-def _denoiser(model, process: GaussianPath, prediction: str, batch: int, device):
-    def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
-        t = torch.tensor(float(t), dtype=_f64)
-        out = model(x, t.to(device).expand(batch))
+def _denoiser(model, process: GaussianPath, prediction: str):
+    """D(x, t) for times t of shape [B] (one per sample) or a float."""
+    def denoise(x: torch.Tensor, t) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=_f64)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        out = model(x, t.to(x.device))
         coefficients = PathCoefficients.at(process, t, need_derivatives=prediction == "velocity")
         return to_x0_eps(prediction, out.to(x.dtype), x, coefficients)[0]
     return denoise
@@ -84,9 +90,9 @@ def ode_endpoint(model, process: GaussianPath, noise: torch.Tensor, first: float
     """The exact probability-flow ODE from x = prior_std * noise at time `first` to time `last`,
     followed by the final denoising step x = D(x, last) that every sampler takes.
 
-    The ODE is solved in y = x/alpha against log(sigma/alpha) (see the module docstring) with the
-    Dormand-Prince pair at the given tolerances, in the noise's dtype (use float64 for a
-    reference). Needs alpha > 0 at `first` and sigma > 0 at `last`.
+    The ODE is solved in y = x/alpha against log(sigma/alpha) (see the module docstring) by the
+    Dormand-Prince pair at the given tolerances, one step size per sample, in float64. Needs
+    alpha > 0 at `first` and sigma > 0 at `last`. Returns a tensor of the noise's dtype.
     """
     prediction = _prediction_of(model, prediction)
     first, last = float(first), float(last)
@@ -96,25 +102,27 @@ def ode_endpoint(model, process: GaussianPath, noise: torch.Tensor, first: float
     if not (math.isfinite(rho_first) and rho_last > 0):
         raise ValueError(f"sigma/alpha must be finite and positive at both ends, got {rho_first} at "
                          f"t={first} and {rho_last} at t={last}")
-    denoise = _denoiser(model, process, prediction, noise.shape[0], noise.device)
-    y = noise * process.prior_std / float(process.alpha(first))
+    denoise = _denoiser(model, process, prediction)
+    y = noise.to(_f64) * process.prior_std / float(process.alpha(first))
 
-    def slope(log_rho: float, y: torch.Tensor) -> torch.Tensor:
-        t = float(process.t_from_sigma_ratio(torch.tensor(math.exp(log_rho), dtype=_f64)))
-        return y - denoise(float(process.alpha(t)) * y, t)
+    def slope(s: torch.Tensor, state: tuple) -> tuple:
+        # the integrator runs forward, so it integrates in s = -log(rho): dy/ds = D - y
+        (y,) = state
+        t = process.t_from_sigma_ratio(torch.exp(-s))
+        return (denoise(expand(process.alpha(t), y) * y, t) - y,)
 
     with torch.no_grad():
         if last < first:
-            y = dopri5(slope, y, math.log(rho_first), math.log(rho_last), rtol=rtol, atol=atol,
-                       max_steps=max_steps)
-        return denoise(float(process.alpha(last)) * y, last)
+            start = torch.full((y.shape[0],), -math.log(rho_first), dtype=_f64, device=y.device)
+            (y,), _ = dopri5(slope, (y,), start, -math.log(rho_last), rtol, atol, max_steps)
+        return denoise(float(process.alpha(last)) * y, last).to(noise.dtype)
 
 
 def rms_distance(x: torch.Tensor, reference: torch.Tensor) -> float:
     """sqrt(mean over samples of |x_i - reference_i|^2), the Euclidean distance per sample."""
     if x.shape != reference.shape:
         raise ValueError(f"shapes differ: {tuple(x.shape)} and {tuple(reference.shape)}")
-    diff = (x.to(_f64) - reference.to(_f64)).flatten(1)
+    diff = (x.to(_f64) - reference.to(_f64)).reshape(x.shape[0], -1)
     return float(diff.pow(2).sum(1).mean().sqrt())
 
 
@@ -129,7 +137,7 @@ def _basis(gaps: int, max_params: int) -> np.ndarray:
     return np.clip(1 - np.abs(u[:, None] - knots[None, :]) * k, 0, None)
 
 
-def _nelder_mead(f, x0: np.ndarray, evaluations: int, step: float = 0.5, restart_shrink: float = 0.5,
+def _nelder_mead(f, x0: np.ndarray, evaluations: int, step: float = 1.0, restart_shrink: float = 0.7,
                  xtol: float = 1e-3, ftol: float = 1e-5):
     """Minimise f from x0 with at most `evaluations` calls; returns (best x, best f)."""
     n = x0.size
@@ -188,8 +196,8 @@ def _nelder_mead(f, x0: np.ndarray, evaluations: int, step: float = 0.5, restart
 
 def optimize_schedule(model, process: GaussianPath, sampler: str, steps: int, noise: torch.Tensor, *,
                       reference: torch.Tensor | None = None, init="log_snr", iterations: int = 200,
-                      prediction: str | None = None, max_params: int = 8, rtol: float = 1e-8,
-                      atol: float = 1e-8, **sampler_options) -> torch.Tensor:
+                      prediction: str | None = None, max_params: int = 8, free_last: bool = False,
+                      rtol: float = 1e-8, atol: float = 1e-8, **sampler_options) -> torch.Tensor:
     """Times for `sample(model, process, ..., sampler=sampler, schedule=times)` that minimise the
     RMS distance to the exact ODE endpoint over the training batch `noise`.
 
@@ -202,9 +210,15 @@ def optimize_schedule(model, process: GaussianPath, sampler: str, steps: int, no
                 its first and last times are kept
     iterations  how many times the sampler is run on the training batch (the optimiser's budget)
     max_params  at most this many parameters; longer schedules change their step density smoothly
+    free_last   also fit where the sampler stops: it may take its final step (x = D) at a noisier
+                level than the initial last time, while the target stays the ODE endpoint with the
+                initial ends. With fixed ends the last model call, at the least noisy level, only
+                removes the little noise left there; a few-step sampler may do better to spend it
+                earlier and stop where D is already close to the endpoint. One more parameter.
     sampler_options  passed to the sampler (e.g. order=3 for unipc)
 
-    Returns `steps` strictly decreasing float64 times; with iterations = 0, the initial schedule.
+    Returns `steps` strictly decreasing float64 times with the initial first time (and last time,
+    unless free_last); with iterations = 0, the initial schedule.
     """
     if sampler not in DETERMINISTIC:
         raise ValueError(f"sampler {sampler!r} cannot be fitted: the fit needs a deterministic "
@@ -241,12 +255,17 @@ def optimize_schedule(model, process: GaussianPath, sampler: str, steps: int, no
     basis = _basis(steps - 1, int(max_params))
 
     def times_of(theta: np.ndarray) -> torch.Tensor:
-        logits = log_gaps + basis @ np.clip(theta, -6.0, 6.0)
+        theta = np.clip(theta, -6.0, 6.0)
+        # the log-SNR left out at the clean end: 0 at theta = 0 and smooth there, up to half the span
+        skip = span * min(0.1 * theta[-1] ** 2, 0.5) if free_last else 0.0
+        logits = log_gaps + basis @ theta[: basis.shape[1]]
         weights = np.exp(logits - logits.max())
-        gaps = span * weights / weights.sum()
+        gaps = (span - skip) * weights / weights.sum()
         lam_new = float(lam[0]) + np.concatenate([[0.0], np.cumsum(gaps)])
         times = process.t_from_log_snr(torch.from_numpy(lam_new)).to(_f64)
-        times[0], times[-1] = init_times[0], init_times[-1]
+        times[0] = init_times[0]
+        if skip == 0:
+            times[-1] = init_times[-1]
         return times
 
     def error(theta: np.ndarray) -> float:
@@ -258,7 +277,7 @@ def optimize_schedule(model, process: GaussianPath, sampler: str, steps: int, no
         value = rms_distance(x, reference)
         return math.log(value) if value > 0 else -math.inf
 
-    theta0 = np.zeros(basis.shape[1])
+    theta0 = np.zeros(basis.shape[1] + bool(free_last))
     if iterations == 0:
         error(theta0)  # still validate the sampler and its options
         return init_times
