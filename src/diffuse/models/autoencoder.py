@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .unet import SelfAttention, group_norm
+from .unet import SelfAttention, Upsample, group_norm
 from .validation import int_tuple, positive_int
 
 # exp(logvar) is clamped into [e^-30, e^20]: an untrained or over-confident encoder can otherwise
@@ -162,16 +162,6 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
-
-
-class Upsample(nn.Module):
-    # Nearest-neighbour then conv rather than a transposed conv: no checkerboard artefacts.
-    def __init__(self, width: int):
-        super().__init__()
-        self.conv = nn.Conv2d(width, width, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Decoder(nn.Module):

@@ -40,6 +40,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from ..data import Dataset, load_dataset, to_unit
+from . import loop
 from ..models.autoencoder import AutoencoderConfig, AutoencoderKL, autoencoder_config, build_autoencoder
 
 KIND = "autoencoder"  # config.json's "kind", so neither kind of run is mistaken for the other
@@ -222,39 +223,15 @@ class AutoencoderTrainer:
     def fit(self) -> Path:
         """Train until the step or time budget is spent, then measure test PSNR; returns the last
         checkpoint. The PSNR is in `self.test_metrics` and `RUN/test_metrics.json`."""
-        config = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True)
-        start = time.perf_counter() - self.elapsed
-        window: list[dict[str, float]] = []
-        try:
-            while self.step < config.steps:
-                if config.minutes is not None and time.perf_counter() - start > config.minutes * 60:
-                    break
-                window.append(self.train_step())
-                self.elapsed = time.perf_counter() - start
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{window[-1]['loss']:.4f}")
-                if self.step % config.log_every == 0:
-                    self._log(window)
-                    window = []
-                if self.step % config.checkpoint_every == 0:
-                    self._checkpoint()
-        finally:
-            if bar is not None:
-                bar.close()
-        if window:
-            self._log(window)
-        if self.saved is None or self.saved[0] != self.step:
-            self._checkpoint()
+        loop.run(self)
         self.test_metrics = self.evaluate()
         ckpt.write_text_atomic(self.out_dir / "test_metrics.json",
                                json.dumps(self.test_metrics, indent=2, sort_keys=True) + "\n")
         return self.saved[1]
+
+    def _stop_for_time(self, start: float) -> bool:
+        return time.perf_counter() - start > self.config.minutes * 60
 
     @torch.no_grad()
     def evaluate(self, batch_size: int = 500) -> dict:

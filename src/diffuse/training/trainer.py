@@ -28,6 +28,7 @@ from ..denoiser import Denoiser
 from ..models import build_network, network_config
 from ..objectives import DenoisingLoss
 from ..process import process_from_config
+from . import loop
 from .autoencoder import KIND as AUTOENCODER_KIND
 from .autoencoder import network_for_latents, open_autoencoder
 from .config import TrainConfig, default_network
@@ -263,36 +264,9 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self) -> Path | None:
         """Train until the step or time budget is spent; returns the last checkpoint written."""
-        config = self.config
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True)
-        start = time.perf_counter() - self.elapsed
-        window: list[float] = []
-        try:
-            while self.step < config.steps:
-                if config.minutes is not None and self._stop_for_time(start):
-                    break
-                window.append(self.train_step())
-                self.elapsed = time.perf_counter() - start
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{window[-1]:.4f}")
-                if self.step % config.log_every == 0:
-                    self._log(window)
-                    window = []
-                if self.step % config.checkpoint_every == 0:
-                    self._checkpoint()
-        finally:
-            if bar is not None:
-                bar.close()
-        if window:
-            self._log(window)
-        if self.saved is None or self.saved[0] != self.step:
-            self._checkpoint()
+        loop.run(self)
         return None if self.saved is None else self.saved[1]
 
     def _stop_for_time(self, start: float) -> bool:
