@@ -18,8 +18,6 @@ Conventions shared by all processes:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-
 import torch
 
 _f64 = torch.float64

@@ -5,7 +5,8 @@ from .autoencoder import (AutoencoderTrainConfig, AutoencoderTrainer, LatentCode
                           open_autoencoder, train_autoencoder)
 from .config import TrainConfig, default_network
 from .sampling import generate
-from .trainer import NonFiniteLossError, Trainer, build_model, load_model, train
+from .loop import NonFiniteLossError
+from .trainer import Trainer, build_model, load_model, train
 
 __all__ = ["TrainConfig", "default_network", "Trainer", "train", "build_model", "load_model",
            "generate", "NonFiniteLossError", "AutoencoderTrainConfig", "AutoencoderTrainer",

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from .. import checkpoint as ckpt
 from ..data import Dataset, load_dataset, to_unit
@@ -203,19 +202,8 @@ class AutoencoderTrainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             terms = self.losses(x, generator=self._seeded(1, self.step))
         loss = terms["loss"]
-        if not torch.isfinite(loss):
-            from .trainer import NonFiniteLossError
-            raise NonFiniteLossError(
-                f"the loss is {float(loss.detach())} at step {self.step + 1}; training stopped. "
-                f"The last good checkpoint is kept in {self.out_dir / ckpt.CHECKPOINTS}. "
-                "Try a lower learning rate or check the data for NaNs.")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(self.step)
-        self.optimizer.step()
+        loop.stop_on_non_finite(loss, bool(torch.isfinite(loss)), self.step, self.out_dir / ckpt.CHECKPOINTS)
+        loop.optimizer_step(self.model, self.optimizer, loss, self.config.grad_clip, self.learning_rate(self.step))
         self.step += 1
         return {k: float(v.detach()) for k, v in terms.items()}
 

@@ -9,6 +9,37 @@ A record is the step's loss, or a dict of named terms with a 'loss'.
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped without writing the bad state."""
+
+
+def stop_on_non_finite(loss: torch.Tensor, finite: bool, step: int, checkpoints: Path, world: int = 1) -> None:
+    """Raise NonFiniteLossError unless `finite` (the loss is finite on every process)."""
+    if finite:
+        return
+    here = float(loss.detach())
+    value = f"not finite on at least one of {world} processes (here {here})" if world > 1 else here
+    raise NonFiniteLossError(f"the loss is {value} at step {step + 1}; training stopped. The last good "
+                             f"checkpoint is kept in {checkpoints}. Try a lower learning rate or check "
+                             "the data for NaNs.")
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                   grad_clip: float, lr: float) -> None:
+    """Backpropagate, clip the gradient norm (when grad_clip > 0), set the learning rate, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
 
 
 def run(trainer) -> None:

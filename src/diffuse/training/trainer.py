@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -25,17 +24,13 @@ from torch import nn
 from .. import checkpoint as ckpt
 from ..data import Dataset, load_dataset
 from ..denoiser import Denoiser
-from ..models import build_network, network_config
+from ..models import build_network
 from ..objectives import DenoisingLoss
 from ..process import process_from_config
 from . import loop
 from .autoencoder import KIND as AUTOENCODER_KIND
 from .autoencoder import network_for_latents, open_autoencoder
 from .config import TrainConfig, default_network
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped without writing the bad state."""
 
 
 # -- building and loading models -------------------------------------------------------------------
@@ -235,20 +230,9 @@ class Trainer:
         cond = {} if labels is None else {"labels": labels}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             loss = self.loss_fn(self.train_model, x0, cond, generator=noise)
-        if not _all_true(bool(torch.isfinite(loss)), self.world, self.device):
-            where = "" if self.world == 1 else f" on at least one of {self.world} processes (here {float(loss.detach())})"
-            raise NonFiniteLossError(
-                f"the loss is {'not finite' + where if where else float(loss.detach())} at step {self.step + 1}; "
-                "training stopped. "
-                f"The last good checkpoint is kept in {self.out_dir / ckpt.CHECKPOINTS}. "
-                "Try a lower learning rate or check the data for NaNs.")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(self.step)
-        self.optimizer.step()
+        finite = _all_true(bool(torch.isfinite(loss)), self.world, self.device)
+        loop.stop_on_non_finite(loss, finite, self.step, self.out_dir / ckpt.CHECKPOINTS, self.world)
+        loop.optimizer_step(self.model, self.optimizer, loss, self.config.grad_clip, self.learning_rate(self.step))
         self.step += 1
         self._update_ema()
         return float(loss.detach())
