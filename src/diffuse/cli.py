@@ -202,20 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weighting", choices=["simple", "min_snr", "edm"])
     train.add_argument("--time-sampling", dest="time_sampling", choices=["uniform", "log_normal", "logit_normal"])
     train.add_argument("--network", help='network config as JSON, e.g. \'{"kind": "unet", "channels": 64}\'')
-    train.add_argument("--steps", type=int)
-    train.add_argument("--minutes", type=float, help="wall-clock budget")
-    train.add_argument("--batch-size", dest="batch_size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--warmup-steps", dest="warmup_steps", type=int)
+    _run_arguments(train)
     train.add_argument("--ema-decay", dest="ema_decay", type=float)
     train.add_argument("--label-dropout", dest="label_dropout", type=float)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
     train.add_argument("--sampler", help="sampler for the sample grids (and `diffuse sample`'s default)")
     train.add_argument("--sample-steps", dest="sample_steps", type=int)
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    train.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
 
     autoencoder = commands.add_parser("train-autoencoder", help="train the autoencoder of latent diffusion")
@@ -228,16 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument("--autoencoder", help='the full config as JSON, e.g. \'{"channel_mults": [1, 2, 4]}\'')
     autoencoder.add_argument("--loss", choices=["l1", "l2"], help="reconstruction error (default l1)")
     autoencoder.add_argument("--kl-weight", dest="kl_weight", type=float, help="default 1e-6")
-    autoencoder.add_argument("--steps", type=int)
-    autoencoder.add_argument("--minutes", type=float, help="wall-clock budget")
-    autoencoder.add_argument("--batch-size", dest="batch_size", type=int)
-    autoencoder.add_argument("--lr", type=float)
-    autoencoder.add_argument("--warmup-steps", dest="warmup_steps", type=int)
-    autoencoder.add_argument("--seed", type=int)
-    autoencoder.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
-    autoencoder.add_argument("--resume", action="store_true", help="continue the run in --out")
-    autoencoder.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
-    autoencoder.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_arguments(autoencoder)
     autoencoder.set_defaults(handler=_train_autoencoder)
 
     sample = commands.add_parser("sample", help="sample a trained run")
@@ -253,6 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="also write the numbers to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
     return parser
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The budget, optimiser and bookkeeping options every training command takes."""
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--minutes", type=float, help="wall-clock budget")
+    parser.add_argument("--batch-size", dest="batch_size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--warmup-steps", dest="warmup_steps", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _sampling_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,7 +27,6 @@ autoencoder is a clear error instead of silently wrong images.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import math
@@ -40,13 +39,15 @@ import torch
 from .. import checkpoint as ckpt
 from ..data import Dataset, load_dataset, to_unit
 from . import loop
+from .config import JSONConfig
 from ..models.autoencoder import AutoencoderConfig, AutoencoderKL, autoencoder_config, build_autoencoder
 
 KIND = "autoencoder"  # config.json's "kind", so neither kind of run is mistaken for the other
 
 
 @dataclass
-class AutoencoderTrainConfig:
+class AutoencoderTrainConfig(JSONConfig):
+    _what = "autoencoder training"
     data: str = "digits"                 # a spec for diffuse.data.load_dataset (images)
     # AutoencoderConfig fields; None: factor 2 (mults (1, 2)) and 4 latent channels.
     # in_channels is taken from the data when left out.
@@ -82,16 +83,6 @@ class AutoencoderTrainConfig:
         if self.scale_examples is not None and self.scale_examples < 1:
             raise ValueError(f"scale_examples must be positive or None, got {self.scale_examples}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AutoencoderTrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown autoencoder training option(s) {unknown}")
-        return cls(**d)
 
 
 def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:

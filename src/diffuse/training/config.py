@@ -10,8 +10,26 @@ def default_process() -> dict:
     return {"kind": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5}
 
 
+class JSONConfig:
+    """to_dict / from_dict for a config dataclass; unknown keys are an error, not ignored, so a
+    typo never silently trains something else."""
+
+    _what = "training"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls._what} option(s) {unknown}")
+        return cls(**d)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(JSONConfig):
     # what to learn
     data: str = "digits"                 # a spec for diffuse.data.load_dataset
     cond: str = "none"                   # "none" | "class"
@@ -57,17 +75,6 @@ class TrainConfig:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
         if self.latent is not None and (not isinstance(self.latent, str) or not self.latent):
             raise ValueError(f"latent must be the path of an autoencoder run, got {self.latent!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}")
-        return cls(**d)
 
 
 def default_network(shape: tuple[int, ...], num_classes: int | None) -> dict:
