@@ -17,7 +17,7 @@ from .samplers import sample
 
 __version__ = "0.1.0"
 
-_LAZY = ("models", "data", "training", "metrics", "cli", "checkpoint")
+_LAZY = ("models", "data", "training", "metrics", "cli", "checkpoint", "text")
 
 
 def __getattr__(name):

@@ -6,6 +6,7 @@ from .fashion import load_fashion_mnist
 from .folder import load_image_folder
 from .idx import load_idx
 from .registry import available, load_dataset
+from .shapes import load_shapes
 from .toy import load_toy
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "load_idx",
     "load_image_folder",
     "load_mnist5k",
+    "load_shapes",
     "load_toy",
     "to_unit",
 ]

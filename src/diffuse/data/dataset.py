@@ -14,13 +14,15 @@ class Dataset:
 
     Images are float32 [N, C, H, W] in [-1, 1] (the range a diffusion model's
     noise is scaled against); toy sets are float32 [N, 2] of roughly unit scale.
-    Labels, when present, are int64 [N] indexing ``class_names``.
+    Labels, when present, are int64 [N] indexing ``class_names``; captions, when
+    present, are one string per sample (the text a conditional model reads).
     """
 
     data: torch.Tensor
     labels: torch.Tensor | None
     class_names: list[str] | None
     name: str
+    captions: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim < 2:
@@ -29,6 +31,8 @@ class Dataset:
             raise ValueError(
                 f"{self.name}: {len(self.data)} samples but labels have shape {tuple(self.labels.shape)}"
             )
+        if self.captions is not None and len(self.captions) != len(self.data):
+            raise ValueError(f"{self.name}: {len(self.data)} samples but {len(self.captions)} captions")
 
     def __len__(self) -> int:
         return len(self.data)
@@ -45,7 +49,8 @@ class Dataset:
     def subset(self, index: np.ndarray | torch.Tensor, name: str) -> Dataset:
         index = torch.as_tensor(index, dtype=torch.long)
         labels = None if self.labels is None else self.labels[index]
-        return Dataset(self.data[index], labels, self.class_names, name)
+        captions = None if self.captions is None else [self.captions[i] for i in index.tolist()]
+        return Dataset(self.data[index], labels, self.class_names, name, captions)
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:

