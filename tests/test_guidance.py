@@ -44,7 +44,7 @@ def test_cfg_interval_and_rescale():
     torch.testing.assert_close(rescaled.std(dim=1), plain.std(dim=1))
     with pytest.raises(ValueError, match="rescale"):
         ClassifierFreeGuidance(model, 1.0, 3, rescale=2.0)
-    with pytest.raises(ValueError, match="needs labels"):
+    with pytest.raises(ValueError, match="needs the condition 'labels'"):
         ClassifierFreeGuidance(model, 1.0, 3)(x, t)
 
 
@@ -103,3 +103,23 @@ def test_classifier_guidance_scale_zero_is_the_model():
     x = torch.randn(4, 2, dtype=torch.float64)
     t = torch.full((4,), 0.5, dtype=torch.float64)
     torch.testing.assert_close(guided(x, t, labels=torch.zeros(4, dtype=torch.long)), model(x, t))
+
+
+def test_cfg_with_a_named_null_condition_doubles_every_condition_and_fills_the_guided_one():
+    seen = {}
+
+    def model(x, t, tokens=None, extra=None):
+        seen["tokens"], seen["extra"] = tokens, extra
+        return x * (1 + tokens.sum(dim=1, keepdim=True).to(x.dtype)) + extra
+
+    x, t = torch.randn(2, 3), torch.tensor([0.2, 0.7])
+    tokens, extra = torch.tensor([[2, 5, 3], [2, 3, 0]]), torch.randn(2, 3)
+    guided = ClassifierFreeGuidance(model, 1.5, null={"tokens": 0})(x, t, tokens=tokens, extra=extra)
+    assert seen["tokens"].tolist() == [[2, 5, 3], [2, 3, 0], [0, 0, 0], [0, 0, 0]]
+    torch.testing.assert_close(seen["extra"], torch.cat([extra, extra]))
+    conditional, unconditional = model(x, t, tokens, extra), model(x, t, torch.zeros_like(tokens), extra)
+    torch.testing.assert_close(guided, 2.5 * conditional - 1.5 * unconditional)
+    with pytest.raises(ValueError, match="null condition"):
+        ClassifierFreeGuidance(model, 1.0)
+    with pytest.raises(ValueError, match="needs the condition 'tokens'"):
+        ClassifierFreeGuidance(model, 1.0, null={"tokens": 0})(x, t, extra=extra)

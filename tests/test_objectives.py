@@ -96,6 +96,20 @@ def test_time_sampling():
     assert float(t.min()) >= VP().t_min and float(t.max()) <= 1
 
 
+def test_uniform_log_snr_time_sampling_covers_the_process_range_evenly():
+    g = torch.Generator().manual_seed(8)
+    for process in (EDM(), VP(), Flow()):
+        t = sample_times(process, 100_000, "uniform_log_snr", g)
+        assert float(t.min()) >= process.t_min and float(t.max()) <= process.t_max
+        ends = process.log_snr(torch.tensor([process.t_max, process.t_min], dtype=torch.float64)).clamp(-15, 15)
+        low, high = float(ends[0]), float(ends[1])
+        # uniform on [low, high]: every quarter of the range holds a quarter of the draws
+        quarters = ((process.log_snr(t) - low) / (high - low) * 4).floor().clamp(0, 3).long()
+        torch.testing.assert_close(torch.bincount(quarters, minlength=4) / len(t),
+                                   torch.full((4,), 0.25), atol=0.01, rtol=0)
+    assert float(Flow().log_snr(sample_times(Flow(), 1000, "uniform_log_snr", g)).min()) >= -15 - 1e-9
+
+
 def test_loss_is_a_pure_function_of_its_generator():
     process = Flow()
     net = torch.nn.Linear(2, 2)

@@ -161,7 +161,8 @@ def test_label_dropout_uses_the_null_class(tmp_path):
     network = {**MLP, "num_classes": 8}
     trainer = Trainer(ring_config(cond="class", network=network, batch_size=512, label_dropout=0.5),
                       tmp_path, progress=False)
-    _, labels = trainer.next_batch(torch.Generator().manual_seed(0))
+    _, cond = trainer.next_batch(torch.Generator().manual_seed(0))
+    labels = cond["labels"]
     dropped = (labels == 8).float().mean()
     assert 0.4 < dropped < 0.6 and labels.min() >= 0 and labels.max() <= 8
 
@@ -197,3 +198,23 @@ def test_resume_drops_metrics_logged_after_the_checkpoint_and_does_not_resave(tm
     before = (folder / "model.safetensors").stat().st_mtime_ns
     Trainer(ring_config(steps=6), tmp_path, resume=True, progress=False).fit()
     assert (folder / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_learning_rate_schedules_warm_up_then_decay_to_zero_at_the_horizon():
+    from diffuse.training.loop import learning_rate
+
+    peak, warmup, total = 2e-3, 10, 110
+    for schedule in ("constant", "cosine", "linear"):
+        assert learning_rate(peak, 0, warmup, total, schedule) == pytest.approx(peak / warmup)
+        assert learning_rate(peak, warmup, warmup, total, schedule) == pytest.approx(peak)
+    assert learning_rate(peak, 60, warmup, total, "constant") == peak
+    assert learning_rate(peak, 60, warmup, total, "cosine") == pytest.approx(peak / 2)   # halfway
+    assert learning_rate(peak, 35, warmup, total, "cosine") == pytest.approx(peak * (1 + math.cos(math.pi / 4)) / 2)
+    assert learning_rate(peak, 85, warmup, total, "linear") == pytest.approx(peak / 4)
+    for schedule in ("cosine", "linear"):
+        assert learning_rate(peak, total, warmup, total, schedule) == pytest.approx(0, abs=1e-15)
+        assert learning_rate(peak, total + 50, warmup, total, schedule) == pytest.approx(0, abs=1e-15)
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate(peak, 0, warmup, total, "step")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        digits_config(lr_schedule="exponential")

@@ -1,12 +1,15 @@
-"""`diffuse train | train-autoencoder | sample | eval`: a thin command-line layer over diffuse.training.
+"""`diffuse train | train-autoencoder | train-classifier | sample | eval`: a thin command-line layer
+over diffuse.training.
 
     diffuse train --data digits --out runs/digits [--cond class] [--minutes M] [--steps S] ...
     diffuse train-autoencoder --data fashion --out runs/ae [--factor 4] [--latent-channels 4]
                    [--kl-weight 1e-6] [--steps S] [--minutes M] ...
     diffuse train --latent runs/ae --out runs/latent [--network '{"kind": "dit"}'] ...
+    diffuse train-classifier --data digits --out runs/digits-clf [--process edm] [--steps S] ...
     diffuse sample RUN --n N [--labels 0-9 | 3,5,7] [--sampler NAME --steps K --guidance W]
-                   [--seed S] --out FILE.png | FILE.npz
-    diffuse eval RUN [--n N] [--sampler NAME --steps K --guidance W] [--out FILE.json]
+                   [--classifier CLF_RUN --classifier-scale S] [--seed S] --out FILE.png | FILE.npz
+    diffuse eval RUN [--n N] [--sampler NAME --steps K --guidance W] [--classifier CLF_RUN ...]
+                   [--out FILE.json]
 
 Distributed training: `torchrun --nproc_per_node=N -m diffuse train ...`.
 """
@@ -61,8 +64,8 @@ def _train(args) -> int:
         overrides.update(PROCESS_RECIPES[args.process])
         overrides["process"] = get_process(args.process).config()
     for name in ("cond", "prediction", "preconditioning", "weighting", "time_sampling", "batch_size", "lr",
-                 "steps", "minutes", "seed", "checkpoint_every", "ema_decay", "warmup_steps", "sampler",
-                 "sample_steps", "label_dropout"):
+                 "steps", "minutes", "seed", "checkpoint_every", "ema_decay", "warmup_steps", "lr_schedule",
+                 "sampler", "sample_steps", "label_dropout"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -117,6 +120,40 @@ def _train_autoencoder(args) -> int:
     return 0
 
 
+def _train_classifier(args) -> int:
+    from .process import get_process
+    from .training import ClassifierTrainConfig, ClassifierTrainer
+
+    overrides = {}
+    if args.process:
+        overrides["process"] = get_process(args.process).config()
+    for name in ("time_sampling", "batch_size", "lr", "steps", "minutes", "seed", "checkpoint_every",
+                 "warmup_steps", "ema_decay"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    if args.classifier:
+        overrides["classifier"] = json.loads(args.classifier)
+    config = ClassifierTrainConfig.from_dict({**ClassifierTrainConfig(data=args.data).to_dict(), **overrides})
+    trainer = ClassifierTrainer(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    last = trainer.fit()
+    metrics = trainer.test_metrics
+    print(f"trained {trainer.step} steps in {trainer.elapsed / 60:.1f} min; checkpoint {last}")
+    levels = "  ".join(f"{level}: {value:.3f}" for level, value in metrics["accuracy_at_noise"].items())
+    print(f"test accuracy at noise sigma/alpha  {levels}  (chance {metrics['chance']:.3f}; "
+          f"{Path(args.out) / 'test_metrics.json'})")
+    print(f"guide a model of the same process: diffuse sample RUN --labels ... --classifier {args.out}")
+    return 0
+
+
+def _classifier(args):
+    """The classifier of --classifier, or None."""
+    if not args.classifier:
+        return None
+    from .training import load_classifier
+    return load_classifier(args.classifier, device=args.device or "cpu")[0]
+
+
 def _sample(args) -> int:
     import numpy as np
     import torch
@@ -140,6 +177,7 @@ def _sample(args) -> int:
     if label_list is not None:
         labels = torch.tensor([label_list[i % len(label_list)] for i in range(args.n)])
     images = generate(model, config, data["shape"], args.n, labels=labels, guidance=args.guidance,
+                      classifier=_classifier(args), classifier_scale=args.classifier_scale,
                       sampler=args.sampler, steps=args.steps, schedule=args.schedule, seed=args.seed,
                       device=args.device or "cpu")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,12 +204,16 @@ def _evaluate(args) -> int:
     from .training import generate, load_model
 
     model, config, data = load_model(args.run, ema=not args.no_ema, device=args.device or "cpu")
+    classifier = _classifier(args)
     test = load_dataset(data["spec"], "test")
     n = args.n or len(test)
     labels = None
-    if data["num_classes"] is not None:  # the test split's own class mix, repeated as needed
-        labels = test.labels[torch.arange(n) % len(test)]
+    if data["num_classes"] is not None or classifier is not None:
+        if test.labels is None:
+            raise ValueError(f"classifier guidance needs labels; the test split of {data['spec']!r} has none")
+        labels = test.labels[torch.arange(n) % len(test)]  # the test split's own class mix, repeated
     images = generate(model, config, data["shape"], n, labels=labels, guidance=args.guidance,
+                      classifier=classifier, classifier_scale=args.classifier_scale,
                       sampler=args.sampler, steps=args.steps, schedule=args.schedule, seed=args.seed,
                       device=args.device or "cpu")
     scores, reference = evaluate(images, labels, data["spec"]), floor(data["spec"])
@@ -203,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--time-sampling", dest="time_sampling", choices=["uniform", "log_normal", "logit_normal"])
     train.add_argument("--network", help='network config as JSON, e.g. \'{"kind": "unet", "channels": 64}\'')
     _run_arguments(train)
+    train.add_argument("--lr-schedule", dest="lr_schedule", choices=["constant", "cosine", "linear"],
+                       help="after warmup: constant, or decay to 0 at --steps (default cosine)")
     train.add_argument("--ema-decay", dest="ema_decay", type=float)
     train.add_argument("--label-dropout", dest="label_dropout", type=float)
     train.add_argument("--sampler", help="sampler for the sample grids (and `diffuse sample`'s default)")
@@ -221,6 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument("--kl-weight", dest="kl_weight", type=float, help="default 1e-6")
     _run_arguments(autoencoder)
     autoencoder.set_defaults(handler=_train_autoencoder)
+
+    classifier = commands.add_parser("train-classifier",
+                                     help="train a noise-aware classifier for classifier guidance")
+    classifier.add_argument("--data", default="digits",
+                            help="a labelled data set: digits | mnist | fashion | ring | ...")
+    classifier.add_argument("--out", required=True, help="run directory (checkpoints, metrics, pictures)")
+    classifier.add_argument("--process", choices=sorted(PROCESS_RECIPES),
+                            help="the Gaussian path whose x_t it reads: the guided model's (default: edm)")
+    classifier.add_argument("--classifier",
+                            help='network config as JSON, e.g. \'{"kind": "unet_classifier", "channels": 64}\'')
+    classifier.add_argument("--time-sampling", dest="time_sampling",
+                            choices=["uniform_log_snr", "uniform", "log_normal", "logit_normal"],
+                            help="how noise levels are drawn (default: uniform_log_snr)")
+    _run_arguments(classifier)
+    classifier.add_argument("--ema-decay", dest="ema_decay", type=float)
+    classifier.set_defaults(handler=_train_classifier)
 
     sample = commands.add_parser("sample", help="sample a trained run")
     _sampling_arguments(sample)
@@ -257,6 +317,10 @@ def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--schedule")
     parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w")
+    parser.add_argument("--classifier", help="a classifier run (diffuse train-classifier) to guide towards the labels")
+    parser.add_argument("--classifier-scale", dest="classifier_scale", type=float, default=1.0,
+                        help="classifier guidance scale s (default 1: the class-conditional distribution "
+                             "for an exact classifier)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-ema", dest="no_ema", action="store_true", help="use the raw weights, not the EMA")
     parser.add_argument("--device")

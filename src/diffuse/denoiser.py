@@ -24,6 +24,11 @@ from .process import GaussianPath, _as_time, expand
 _LOG_SNR_LIMIT = 40.0
 
 
+def noise_level(process: GaussianPath, t) -> torch.Tensor:
+    """c_noise = -log_snr(t)/8, the code every network of the package is told the noise level by."""
+    return -process.log_snr(t).clamp(-_LOG_SNR_LIMIT, _LOG_SNR_LIMIT) / 8
+
+
 class Denoiser(nn.Module):
     def __init__(self, net: nn.Module, process: GaussianPath, prediction: str = "eps",
                  preconditioning: str = "none", sigma_data: float = 0.5):
@@ -40,8 +45,7 @@ class Denoiser(nn.Module):
         self.sigma_data = float(sigma_data)
 
     def noise_level(self, t) -> torch.Tensor:
-        log_snr = self.process.log_snr(t).clamp(-_LOG_SNR_LIMIT, _LOG_SNR_LIMIT)
-        return -log_snr / 8
+        return noise_level(self.process, t)
 
     def forward(self, x: torch.Tensor, t, labels: torch.Tensor | None = None, **cond) -> torch.Tensor:
         """`cond` (e.g. a text `context` and its `context_mask`) goes to the network as is."""

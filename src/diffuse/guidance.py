@@ -22,7 +22,9 @@ class ClassifierFreeGuidance:
     The combination is linear, and every parameterisation (eps, x0, v, score, velocity) is affine
     in eps at fixed (x, t) with coefficients that sum the same way, so combining the model's own
     outputs is the same as combining eps and converting. Both passes run as one batch of 2B.
-    w = 0 is the plain conditional model.
+    w = 0 is the plain conditional model. The null condition is a class (`null_label`, the
+    class models' extra row) or, for other conditions, `null`: {name: fill value}, e.g.
+    {"tokens": 0}, the all-padding null text of text models.
 
     interval   (t_low, t_high): guide only for t in this range (Kynkaanniemi et al. 2024);
                elsewhere the conditional model alone is used.
@@ -31,24 +33,31 @@ class ClassifierFreeGuidance:
                counters the over-exposure of large w.
     """
 
-    def __init__(self, model, scale: float, null_label: int, prediction: str | None = None,
-                 interval: tuple[float, float] | None = None, rescale: float = 0.0):
+    def __init__(self, model, scale: float, null_label: int | None = None, prediction: str | None = None,
+                 interval: tuple[float, float] | None = None, rescale: float = 0.0, null: dict | None = None):
         if not 0 <= rescale <= 1:
             raise ValueError(f"rescale must lie in [0, 1], got {rescale}")
         if interval is not None and not interval[0] < interval[1]:
             raise ValueError(f"interval must be (t_low, t_high) with t_low < t_high, got {interval}")
-        self.model, self.scale, self.null_label = model, float(scale), int(null_label)
+        if (null_label is None) == (null is None):
+            raise ValueError("say what the null condition is: null_label=K for a class model, or "
+                             "null={'tokens': 0} (any condition name: the value that fills it)")
+        # The condition entries that guidance replaces, and the value each is filled with.
+        self.null = {"labels": int(null_label)} if null is None else dict(null)
+        self.model, self.scale = model, float(scale)
         self.prediction = prediction or getattr(model, "prediction", None)
         self.interval, self.rescale = interval, float(rescale)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None, **cond):
-        if labels is None:
-            raise ValueError("classifier-free guidance needs labels")
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond):
+        missing = [name for name in self.null if cond.get(name) is None]
+        if missing:
+            raise ValueError(f"classifier-free guidance needs the condition {missing[0]!r}")
         if self.scale == 0:
-            return self.model(x, t, labels=labels, **cond)
-        null = torch.full_like(labels, self.null_label)
-        both = self.model(torch.cat([x, x]), torch.cat([t, t]), labels=torch.cat([labels, null]), **cond)
-        conditional, unconditional = both.chunk(2)
+            return self.model(x, t, **cond)
+        # One batch of 2B: every condition doubled, the guided ones with their null in the second half.
+        both = {name: torch.cat([value, torch.full_like(value, self.null[name]) if name in self.null else value])
+                if isinstance(value, torch.Tensor) else value for name, value in cond.items()}
+        conditional, unconditional = self.model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
         w = torch.full((x.shape[0],), self.scale, dtype=conditional.dtype, device=x.device)
         if self.interval is not None:
             inside = (t >= self.interval[0]) & (t <= self.interval[1])

@@ -15,6 +15,9 @@
     uniform       t ~ U(t_min, 1); discrete processes draw their integer steps uniformly
     log_normal    log rho ~ N(p_mean, p_std^2), EDM's noise-level distribution
     logit_normal  t = sigmoid(N(m, s^2)), the flow-matching choice of Esser et al. 2024
+    uniform_log_snr  log-SNR uniform over the process's range [t_min, t_max] (cut to |log-SNR| <= 15
+                  where an end is infinite): every decade of noise gets the same share; the
+                  noise-aware classifier's default (training/classifier.py says why)
 
 A loss object holds only these choices; calling it is a pure function of (model, x0, cond, generator).
 """
@@ -29,7 +32,10 @@ from .parameterization import PathCoefficients, check_prediction, from_x0_eps, x
 from .process import DiscreteVP, EDM, GaussianPath, expand
 
 WEIGHTINGS = ("simple", "min_snr", "edm")
-TIME_SAMPLINGS = ("uniform", "log_normal", "logit_normal")
+TIME_SAMPLINGS = ("uniform", "log_normal", "logit_normal", "uniform_log_snr")
+# |log-SNR| beyond this is clean or pure noise for any data of about unit scale (sigma/alpha below
+# e^-7.5 ~ 6e-4 or above e^7.5 ~ 1800); it bounds the infinite end of Flow's range (t = 1).
+LOG_SNR_BOUND = 15.0
 
 
 def sample_times(process: GaussianPath, batch: int, method: str = "uniform",
@@ -47,6 +53,11 @@ def sample_times(process: GaussianPath, batch: int, method: str = "uniform",
     if method == "log_normal":
         rho = torch.exp(p_mean + p_std * draw(torch.randn))
         return process.t_from_sigma_ratio(rho).clamp(1e-6, process.t_max)
+    if method == "uniform_log_snr":
+        ends = process.log_snr(torch.tensor([process.t_max, process.t_min], dtype=torch.float64))
+        low, high = (float(v) for v in ends.clamp(-LOG_SNR_BOUND, LOG_SNR_BOUND))
+        t = process.t_from_log_snr(low + (high - low) * draw(torch.rand))
+        return t.clamp(process.t_min, process.t_max)
     if method == "logit_normal":
         t = torch.sigmoid(logit_mean + logit_std * draw(torch.randn))
         return t.clamp(1e-6, process.t_max)

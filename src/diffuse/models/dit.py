@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import CrossAttention, check_context, merge_heads, split_heads
 from .embeddings import ConditionEmbedding, sinusoidal_embedding
 from .validation import optional_num_classes, positive_int
 
@@ -219,17 +220,6 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-def split_heads(x: Tensor, num_heads: int) -> Tensor:
-    """[B, N, width] -> [B, heads, N, width / heads], the layout attention wants."""
-    b, n, width = x.shape
-    return x.reshape(b, n, num_heads, width // num_heads).transpose(1, 2)
-
-
-def merge_heads(x: Tensor) -> Tensor:
-    b, heads, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, heads * d)
-
-
 class SelfAttention(nn.Module):
     def __init__(self, hidden: int, num_heads: int):
         super().__init__()
@@ -240,30 +230,6 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
         return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
-
-
-class CrossAttention(nn.Module):
-    """Image tokens (queries) attend to context tokens (keys and values)."""
-
-    def __init__(self, hidden: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(hidden, hidden)
-        self.kv = nn.Linear(hidden, 2 * hidden)
-        self.proj = nn.Linear(hidden, hidden)
-
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
-        q = split_heads(self.q(x), self.num_heads)
-        k, v = (split_heads(t, self.num_heads) for t in self.kv(context).chunk(2, dim=-1))
-        if mask is None:
-            return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
-        # A sample with every token masked has nothing to attend to; softmax over no keys is
-        # 0/0. Let it attend to everything (finite, discarded) and then zero its branch, so it
-        # gets the same "no context" as context=None.
-        present = mask.any(dim=1)
-        attend = (mask | ~present[:, None])[:, None, None, :]
-        out = self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=attend)))
-        return out * present[:, None, None].to(out.dtype)
 
 
 class DiTBlock(nn.Module):
@@ -381,38 +347,10 @@ class DiT(nn.Module):
                 f"image_size), got {tuple(x.shape)}"
             )
 
-    def check_context(self, context: Tensor | None, mask: Tensor | None, batch_size: int) -> None:
-        c = self.config
-        if c.context_dim is None:
-            if context is not None or mask is not None:
-                raise ValueError(
-                    "context was given but the network was built with context_dim=None"
-                )
-            return
-        if context is None:
-            if mask is not None:
-                raise ValueError("context_mask was given without a context")
-            return
-        if (
-            not context.is_floating_point()
-            or context.ndim != 3
-            or context.shape[0] != batch_size
-            or context.shape[2] != c.context_dim
-        ):
-            raise ValueError(
-                f"context must be a float tensor [{batch_size}, L, {c.context_dim}], "
-                f"got {context.dtype} {tuple(context.shape)}"
-            )
-        if mask is not None and (mask.dtype != torch.bool or mask.shape != context.shape[:2]):
-            raise ValueError(
-                f"context_mask must be a bool tensor {list(context.shape[:2])}, "
-                f"got {mask.dtype} {tuple(mask.shape)}"
-            )
-
     def forward(self, x: Tensor, noise_level: Tensor, labels: Tensor | None = None, *,
                 context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         self.check_input(x)
-        self.check_context(context, context_mask, x.shape[0])
+        check_context(self.config.context_dim, context, context_mask, x.shape[0])
         cond = self.condition(noise_level, labels, x.shape[0])
         h = self.patch_embed(patchify(x, self.config.patch_size)) + self.position.to(x.dtype)
         if context is not None:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import CrossAttention, check_context
 from .embeddings import ConditionEmbedding
 from .validation import int_tuple, optional_num_classes, positive_int
 
@@ -39,6 +40,8 @@ class UNetConfig:
     num_heads: attention heads; must divide the width of every attention level.
     dropout: dropout inside residual blocks. num_classes: classes for conditioning (None:
     unconditional); row ``num_classes`` of the class table is the null class.
+    context_dim: width of a context sequence (a text encoder's output) that every attention
+    level also cross-attends to (None: no cross-attention).
     norm_groups: GroupNorm groups, capped at ``channels``; every norm layer uses
     ``min(norm_groups, channels)`` groups, which must divide ``channels``.
     """
@@ -53,6 +56,7 @@ class UNetConfig:
     dropout: float = 0.0
     num_classes: int | None = None
     norm_groups: int = 32
+    context_dim: int | None = None
 
     def __post_init__(self) -> None:
         owner = "UNetConfig"
@@ -66,6 +70,10 @@ class UNetConfig:
         ):
             positive_int(owner, name, getattr(self, name))
         optional_num_classes(owner, self.num_classes)
+        if self.context_dim is not None:
+            positive_int(owner, "context_dim", self.context_dim)
+            if not self.attention_levels:
+                raise ValueError(f"{owner}: context_dim needs at least one attention level to cross-attend at")
         if not self.channel_mults:
             raise ValueError(f"{owner}.channel_mults must have at least one level")
         for mult in self.channel_mults:
@@ -153,6 +161,25 @@ class SelfAttention(nn.Module):
         return x + self.proj(out)
 
 
+class PixelCrossAttention(nn.Module):
+    """The pixels of a feature map attend to a context sequence, as a residual branch that
+    starts at zero (its output projection is zero-initialised), so adding text to a network
+    starts from the network without it."""
+
+    def __init__(self, width: int, num_heads: int, groups: int, context_dim: int):
+        super().__init__()
+        self.norm = group_norm(width, groups)
+        self.attention = CrossAttention(width, num_heads, context_dim)
+        nn.init.zeros_(self.attention.proj.weight)
+        nn.init.zeros_(self.attention.proj.bias)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
+        b, c, h, w = x.shape
+        tokens = self.norm(x).reshape(b, c, h * w).transpose(1, 2)
+        out = self.attention(tokens, context, mask)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
 class Downsample(nn.Module):
     def __init__(self, width: int):
         super().__init__()
@@ -174,59 +201,102 @@ class Upsample(nn.Module):
 
 
 class Stage(nn.Module):
-    """A residual block optionally followed by self-attention: the unit both paths repeat."""
+    """A residual block optionally followed by self-attention and cross-attention to a context:
+    the unit both paths repeat."""
 
-    def __init__(self, res: ResBlock, attention: SelfAttention | None):
+    def __init__(self, res: ResBlock, attention: SelfAttention | None, cross: PixelCrossAttention | None = None):
         super().__init__()
         self.res = res
         self.attention = attention if attention is not None else nn.Identity()
+        self.cross = cross
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        return self.attention(self.res(x, emb))
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        x = self.attention(self.res(x, emb))
+        if self.cross is None or context is None or context.shape[1] == 0:
+            return x
+        return self.cross(x, context, mask)
+
+
+def embedding_dim(c: UNetConfig) -> int:
+    # Twice the base width is ample for a scalar noise level plus a class; the common
+    # choice of four times would add ~0.3M parameters of FiLM projections here.
+    return 2 * c.channels
+
+
+def condition_embedding(c: UNetConfig) -> ConditionEmbedding:
+    # Sinusoidal features come in cos/sin pairs, hence the even count.
+    frequency_dim = c.channels + c.channels % 2
+    return ConditionEmbedding(frequency_dim, embedding_dim(c), c.num_classes)
+
+
+def make_stage(c: UNetConfig, in_width: int, out_width: int, level: int, emb_dim: int) -> Stage:
+    res = ResBlock(in_width, out_width, emb_dim, c.dropout, c.groups)
+    if level not in c.attention_levels:
+        return Stage(res, None)
+    cross = None
+    if c.context_dim is not None:
+        cross = PixelCrossAttention(out_width, c.num_heads, c.groups, c.context_dim)
+    return Stage(res, SelfAttention(out_width, c.num_heads, c.groups), cross)
+
+
+def down_path(c: UNetConfig, emb_dim: int) -> tuple[nn.ModuleList, list[int]]:
+    """The encoder half after the input conv: per level, ``num_res_blocks`` stages and (but
+    for the last level) a Downsample. Also returns the width of every tensor pushed for the
+    up path, the input conv's first; its last entry is the width at the lowest resolution.
+    The noise-aware classifier (models/classifier.py) is this half with a pooled head."""
+    widths = c.level_widths
+    last = len(widths) - 1
+    down = nn.ModuleList()
+    skip_widths = [c.channels]
+    width = c.channels
+    for level, out_width in enumerate(widths):
+        for _ in range(c.num_res_blocks):
+            down.append(make_stage(c, width, out_width, level, emb_dim))
+            width = out_width
+            skip_widths.append(width)
+        if level != last:
+            down.append(Downsample(width))
+            skip_widths.append(width)
+    return down, skip_widths
+
+
+def check_image(c: UNetConfig, x: Tensor, owner: str) -> None:
+    """Raise unless x is [B, in_channels, H, W] with H and W divisible at every level."""
+    if x.ndim != 4 or x.shape[1] != c.in_channels:
+        raise ValueError(
+            f"{owner} expects x of shape [B, {c.in_channels}, H, W], got {tuple(x.shape)}"
+        )
+    for level in range(len(c.channel_mults) - 1):
+        height, width = x.shape[2] >> level, x.shape[3] >> level
+        if height % 2 or width % 2:
+            raise ValueError(
+                f"{owner} input {x.shape[2]}x{x.shape[3]}: level {level} would downsample an odd "
+                f"size {height}x{width}; with {len(c.channel_mults)} levels height and width "
+                f"must be divisible by {2 ** (len(c.channel_mults) - 1)} (change channel_mults)"
+            )
 
 
 class UNet(nn.Module):
-    """Denoiser for [B, C, H, W] inputs, called as ``net(x, noise_level, labels=None)``."""
+    """Denoiser for [B, C, H, W] inputs, called as
+    ``net(x, noise_level, labels=None, *, context=None, context_mask=None)``; the context
+    arguments are DiT's (models/attention.py) and need ``context_dim`` in the config."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = config
         c = config
-        # Twice the base width is ample for a scalar noise level plus a class; the common
-        # choice of four times would add ~0.3M parameters of FiLM projections here.
-        emb_dim = 2 * c.channels
-        groups = c.groups
-
-        def stage(in_width: int, out_width: int, level: int) -> Stage:
-            res = ResBlock(in_width, out_width, emb_dim, c.dropout, groups)
-            if level not in c.attention_levels:
-                return Stage(res, None)
-            return Stage(res, SelfAttention(out_width, c.num_heads, groups))
-
-        # Sinusoidal features come in cos/sin pairs, hence the even count.
-        frequency_dim = c.channels + c.channels % 2
-        self.condition = ConditionEmbedding(frequency_dim, emb_dim, c.num_classes)
+        emb_dim = embedding_dim(c)
+        self.condition = condition_embedding(c)
         self.input = nn.Conv2d(c.in_channels, c.channels, 3, padding=1)
-
-        # Down path. skip_widths records the width of every tensor pushed for the up path.
+        self.down, skip_widths = down_path(c, emb_dim)
+        width = skip_widths[-1]
         widths = c.level_widths
         last = len(widths) - 1
-        self.down = nn.ModuleList()
-        skip_widths = [c.channels]
-        width = c.channels
-        for level, out_width in enumerate(widths):
-            for _ in range(c.num_res_blocks):
-                self.down.append(stage(width, out_width, level))
-                width = out_width
-                skip_widths.append(width)
-            if level != last:
-                self.down.append(Downsample(width))
-                skip_widths.append(width)
 
         # Middle: one more block (with attention if the lowest level has it) between the
         # paths. A single block keeps the default network under 4M parameters; at 8x8 the
         # lowest level is 4x4, where one attention layer already sees every pixel.
-        self.middle = stage(width, width, last)
+        self.middle = make_stage(c, width, width, last, emb_dim)
 
         # Up path: one more block per level than going down, so that the skip pushed by
         # each downsample (and by the input conv) is consumed too.
@@ -234,12 +304,12 @@ class UNet(nn.Module):
         for level in reversed(range(len(widths))):
             out_width = widths[level]
             for _ in range(c.num_res_blocks + 1):
-                self.up.append(stage(width + skip_widths.pop(), out_width, level))
+                self.up.append(make_stage(c, width + skip_widths.pop(), out_width, level, emb_dim))
                 width = out_width
             if level != 0:
                 self.up.append(Upsample(width))
 
-        self.output_norm = group_norm(width, groups)
+        self.output_norm = group_norm(width, c.groups)
         self.output = nn.Conv2d(width, c.out_channels, 3, padding=1)
         # A fresh network predicts exactly zero, so training starts from the wrapper's skip
         # path alone instead of from a random function of the input.
@@ -247,32 +317,22 @@ class UNet(nn.Module):
         nn.init.zeros_(self.output.bias)
 
     def check_input(self, x: Tensor) -> None:
-        c = self.config
-        if x.ndim != 4 or x.shape[1] != c.in_channels:
-            raise ValueError(
-                f"UNet expects x of shape [B, {c.in_channels}, H, W], got {tuple(x.shape)}"
-            )
-        for level in range(len(c.channel_mults) - 1):
-            height, width = x.shape[2] >> level, x.shape[3] >> level
-            if height % 2 or width % 2:
-                raise ValueError(
-                    f"UNet input {x.shape[2]}x{x.shape[3]}: level {level} would downsample an odd "
-                    f"size {height}x{width}; with {len(c.channel_mults)} levels height and width "
-                    f"must be divisible by {2 ** (len(c.channel_mults) - 1)} (change channel_mults)"
-                )
+        check_image(self.config, x, "UNet")
 
-    def forward(self, x: Tensor, noise_level: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, noise_level: Tensor, labels: Tensor | None = None, *,
+                context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         self.check_input(x)
+        check_context(self.config.context_dim, context, context_mask, x.shape[0])
         emb = self.condition(noise_level, labels, x.shape[0])
         h = self.input(x)
         skips = [h]
         for module in self.down:
-            h = module(h, emb) if isinstance(module, Stage) else module(h)
+            h = module(h, emb, context, context_mask) if isinstance(module, Stage) else module(h)
             skips.append(h)
-        h = self.middle(h, emb)
+        h = self.middle(h, emb, context, context_mask)
         for module in self.up:
             if isinstance(module, Stage):
-                h = module(torch.cat([h, skips.pop()], dim=1), emb)
+                h = module(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
             else:
                 h = module(h)
         return self.output(F.silu(self.output_norm(h)))

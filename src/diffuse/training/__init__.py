@@ -1,8 +1,10 @@
 """Training: configuration, the trainer (EMA, checkpoints, resume, DDP) and loading for sampling;
-the autoencoder of latent diffusion and its trainer."""
+the autoencoder of latent diffusion and its trainer; the noise-aware classifier of classifier
+guidance and its trainer."""
 
 from .autoencoder import (AutoencoderTrainConfig, AutoencoderTrainer, LatentCodec, load_autoencoder,
                           open_autoencoder, train_autoencoder)
+from .classifier import ClassifierTrainConfig, ClassifierTrainer, load_classifier, train_classifier
 from .config import TrainConfig, default_network
 from .sampling import generate
 from .loop import NonFiniteLossError
@@ -10,4 +12,5 @@ from .trainer import Trainer, build_model, load_model, train
 
 __all__ = ["TrainConfig", "default_network", "Trainer", "train", "build_model", "load_model",
            "generate", "NonFiniteLossError", "AutoencoderTrainConfig", "AutoencoderTrainer",
-           "train_autoencoder", "load_autoencoder", "open_autoencoder", "LatentCodec"]
+           "train_autoencoder", "load_autoencoder", "open_autoencoder", "LatentCodec",
+           "ClassifierTrainConfig", "ClassifierTrainer", "train_classifier", "load_classifier"]

@@ -175,8 +175,7 @@ class AutoencoderTrainer:
         return self.images[order[index_in_epoch * size:(index_in_epoch + 1) * size].to(self.device)]
 
     def learning_rate(self, step: int) -> float:
-        warmup = self.config.warmup_steps
-        return self.config.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else self.config.lr
+        return loop.learning_rate(self.config.lr, step, self.config.warmup_steps, self.config.steps)
 
     # -- one step ----------------------------------------------------------------------------------
     def losses(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -357,7 +356,8 @@ class LatentCodec:
         if len(data.shape) != 3:
             raise ValueError(f"latent diffusion needs images; {data.name} holds vectors of shape {data.shape}")
         self.latent_shape(data.shape)  # a clear error before any encoding
-        return Dataset(self.encode(data.data), data.labels, data.class_names, f"{data.name}-latents")
+        return Dataset(self.encode(data.data), data.labels, data.class_names, f"{data.name}-latents",
+                       captions=data.captions)
 
 
 def open_autoencoder(run, expected: dict | None = None, device="cpu") -> LatentCodec:

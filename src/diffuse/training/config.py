@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .loop import LR_SCHEDULES
+
 
 def default_process() -> dict:
     return {"kind": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5}
@@ -32,7 +34,7 @@ class JSONConfig:
 class TrainConfig(JSONConfig):
     # what to learn
     data: str = "digits"                 # a spec for diffuse.data.load_dataset
-    cond: str = "none"                   # "none" | "class"
+    cond: str = "none"                   # "none" | "class" | "text" (captions, via a jointly trained encoder)
     network: dict | None = None          # {"kind": "unet" | "mlp", ...}; None: a default for the data
     latent: str | None = None            # an autoencoder run: train on its latents (latent diffusion)
     # the diffusion model: process, parameterisation, loss
@@ -42,12 +44,13 @@ class TrainConfig(JSONConfig):
     sigma_data: float | None = None      # None: the standard deviation of the training data
     weighting: str = "edm"
     time_sampling: str = "log_normal"
-    label_dropout: float = 0.1           # labels replaced by the null class, for guidance
+    label_dropout: float = 0.1           # labels (captions) replaced by the null class (text), for guidance
     # optimisation
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_steps: int = 200
+    lr_schedule: str = "cosine"          # after warmup: "constant", or "cosine" / "linear" decay to 0 at `steps`
     grad_clip: float = 1.0
     ema_decay: float = 0.999             # with warmup: min(decay, (1 + step) / (10 + step))
     steps: int = 4000
@@ -64,11 +67,13 @@ class TrainConfig(JSONConfig):
     grid_size: int = 100
 
     def __post_init__(self):
-        if self.cond not in ("none", "class"):
-            raise ValueError(f"cond must be 'none' or 'class', got {self.cond!r}")
+        if self.cond not in CONDITIONS:
+            raise ValueError(f"cond must be one of {CONDITIONS}, got {self.cond!r}")
         for name in ("batch_size", "steps", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.minutes is not None and self.minutes <= 0:
@@ -77,8 +82,13 @@ class TrainConfig(JSONConfig):
             raise ValueError(f"latent must be the path of an autoencoder run, got {self.latent!r}")
 
 
-def default_network(shape: tuple[int, ...], num_classes: int | None) -> dict:
-    """A network sized for the data: a residual MLP for vectors, a U-Net for images."""
+CONDITIONS = ("none", "class", "text")
+
+
+def default_network(shape: tuple[int, ...], num_classes: int | None, text: dict | None = None) -> dict:
+    """A network sized for the data: a residual MLP for vectors, a U-Net for images. With `text`
+    ({"vocab_size": V, "max_length": L}), the U-Net cross-attends to a jointly trained text
+    encoder at every level below full resolution, where the objects' layout is decided."""
     if len(shape) == 1:
         return {"kind": "mlp", "dim": shape[0], "num_classes": num_classes}
     channels, height, width = shape
@@ -86,5 +96,10 @@ def default_network(shape: tuple[int, ...], num_classes: int | None) -> dict:
     # Latent grids can be odd (28x28 images at factor 4 give 7x7): keep the levels the size allows.
     while len(mults) > 1 and (height % 2 ** (len(mults) - 1) or width % 2 ** (len(mults) - 1)):
         mults.pop()
-    return {"kind": "unet", "in_channels": channels, "channels": 32, "channel_mults": mults,
+    unet = {"kind": "unet", "in_channels": channels, "channels": 32, "channel_mults": mults,
             "num_res_blocks": 2, "attention_levels": [len(mults) - 1], "num_classes": num_classes}
+    if text is None:
+        return unet
+    from ..models import text_network
+    unet["attention_levels"] = list(range(1, len(mults))) or [0]
+    return text_network(unet, **text)

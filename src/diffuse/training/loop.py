@@ -1,4 +1,4 @@
-"""The budgeted training loop that the diffusion and autoencoder trainers share.
+"""The budgeted training loop that the diffusion, autoencoder and classifier trainers share.
 
 A trainer brings `config` (steps, minutes, log_every, checkpoint_every), `step`, `elapsed`,
 `progress`, `saved` ((step, folder) of its newest checkpoint or None) and the methods
@@ -8,6 +8,7 @@ A record is the step's loss, or a dict of named terms with a 'loss'.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -28,6 +29,22 @@ def stop_on_non_finite(loss: torch.Tensor, finite: bool, step: int, checkpoints:
     raise NonFiniteLossError(f"the loss is {value} at step {step + 1}; training stopped. The last good "
                              f"checkpoint is kept in {checkpoints}. Try a lower learning rate or check "
                              "the data for NaNs.")
+
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def learning_rate(peak: float, step: int, warmup: int, total: int, schedule: str = "constant") -> float:
+    """Linear warmup over `warmup` steps to `peak`, then constant or decaying to 0 at step `total`
+    (cosine or linear); past `total` a decayed rate stays 0."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+    if warmup > 0 and step < warmup:
+        return peak * (step + 1) / warmup
+    if schedule == "constant":
+        return peak
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress)
 
 
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import torch
 
-from ..guidance import ClassifierFreeGuidance
+from ..guidance import ClassifierFreeGuidance, ClassifierGuidance
 from ..samplers import sample
 from .config import TrainConfig
 
 
 @torch.no_grad()
 def generate(model, config: TrainConfig, shape, n: int, *, labels: torch.Tensor | None = None,
-             guidance: float = 0.0, sampler: str | None = None, steps: int | None = None,
-             schedule: str | None = None, seed: int = 0, device="cpu", batch_size: int = 500,
-             decoder=None) -> torch.Tensor:
+             guidance: float = 0.0, classifier=None, classifier_scale: float = 1.0,
+             sampler: str | None = None, steps: int | None = None, schedule: str | None = None,
+             seed: int = 0, device="cpu", batch_size: int = 500, decoder=None) -> torch.Tensor:
     """n samples [n, *shape] in the data range. Sample k depends only on (seed, k), not on the
     batch it was drawn in: noise is drawn per sample from its own generator.
+
+    `guidance` w is classifier-free guidance (a class-conditional model). `classifier` (a
+    noise-aware classifier(x, t) -> logits, e.g. from `load_classifier`, trained on this model's
+    process) adds classifier guidance of scale `classifier_scale` towards `labels`, for an
+    unconditional model as well as a conditional one; with both, classifier-free guidance is the
+    inner wrapper and classifier guidance the outer.
 
     A latent model (``config.latent`` set) samples latents and decodes them with `decoder` (a
     LatentCodec; default: the one `load_model` attached as ``model.latent_decoder``); `shape` is
@@ -27,15 +33,27 @@ def generate(model, config: TrainConfig, shape, n: int, *, labels: torch.Tensor 
                          "load_model, or pass decoder=")
     draw_shape = tuple(shape) if decoder is None else decoder.latent_shape(shape)
     num_classes = getattr(model.net.config, "num_classes", None)
-    if labels is not None and num_classes is None:
-        raise ValueError("this model is unconditional; it takes no labels")
+    if classifier is not None:
+        check_classifier(classifier, model, draw_shape, decoder)
+    if labels is not None and num_classes is None and classifier is None:
+        raise ValueError("this model is unconditional; it takes no labels (unless a classifier guides it)")
     if guidance and labels is None:
         raise ValueError("guidance needs labels")
-    if labels is not None and ((labels < 0) | (labels >= num_classes)).any():
-        raise ValueError(f"labels must lie in 0..{num_classes - 1}")
-    was_training = model.training
-    model.eval()
+    if guidance and num_classes is None:
+        raise ValueError("classifier-free guidance (--guidance) needs a class-conditional model")
+    if classifier is not None and labels is None:
+        raise ValueError("classifier guidance needs labels")
+    classes = num_classes if num_classes is not None else getattr(classifier, "num_classes", None)
+    if labels is not None and classes is not None and ((labels < 0) | (labels >= classes)).any():
+        raise ValueError(f"labels must lie in 0..{classes - 1}")
+    modules = [m for m in (model, classifier) if isinstance(m, torch.nn.Module)]
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
     wrapped = ClassifierFreeGuidance(model, guidance, num_classes) if guidance else model
+    if classifier is not None:
+        wrapped = ClassifierGuidance(wrapped, classifier, model.process, classifier_scale,
+                                     prediction=model.prediction, conditional_model=num_classes is not None)
     out = []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
@@ -47,5 +65,30 @@ def generate(model, config: TrainConfig, shape, n: int, *, labels: torch.Tensor 
                        schedule=schedule or config.sample_schedule, cond=cond,
                        generator=torch.Generator().manual_seed(seed + start))
         out.append(drawn.cpu() if decoder is None else decoder.decode(drawn).cpu())
-    model.train(was_training)
+    for m, mode in zip(modules, modes):
+        m.train(mode)
     return torch.cat(out)
+
+
+def check_classifier(classifier, model, draw_shape, decoder=None) -> None:
+    """Raise unless `classifier` can guide `model`: the same process (at a given t another process
+    has another noise level, so the classifier would read x_t at the wrong one), the shape of the
+    model's samples, and the model's classes when it has them."""
+    process = getattr(classifier, "process", None)
+    if process is None:
+        raise ValueError("the classifier must declare the process it was trained on (.process); "
+                         "train one with `diffuse train-classifier` and load it with load_classifier")
+    if process.config() != model.process.config():
+        raise ValueError(f"the classifier was trained on the process {process.config()}, but the model samples "
+                         f"{model.process.config()}; classifier guidance needs the model's own process "
+                         "(train the classifier with it: `diffuse train-classifier --process ...`)")
+    if decoder is not None:
+        raise ValueError("classifier guidance of a latent model is not supported: the classifier reads images, "
+                         "the model samples latents")
+    shape = getattr(classifier, "shape", None)
+    if shape is not None and tuple(shape) != tuple(draw_shape):
+        raise ValueError(f"the classifier was trained on data of shape {tuple(shape)}; this model samples "
+                         f"{tuple(draw_shape)}")
+    num_classes = getattr(model.net.config, "num_classes", None)
+    if num_classes is not None and getattr(classifier, "num_classes", num_classes) != num_classes:
+        raise ValueError(f"the classifier has {classifier.num_classes} classes, the model {num_classes}")

@@ -27,9 +27,11 @@ from ..denoiser import Denoiser
 from ..models import build_network
 from ..objectives import DenoisingLoss
 from ..process import process_from_config
+from ..text import WordTokenizer
 from . import loop
 from .autoencoder import KIND as AUTOENCODER_KIND
 from .autoencoder import network_for_latents, open_autoencoder
+from .classifier import KIND as CLASSIFIER_KIND
 from .config import TrainConfig, default_network
 
 
@@ -58,6 +60,9 @@ def load_model(path, ema: bool = True, device="cpu", autoencoder=None) -> tuple[
     if stored.get("kind") == AUTOENCODER_KIND:
         raise ckpt.CheckpointError(f"{folder} is an autoencoder run, not a diffusion model; train one on "
                                    f"its latents with `diffuse train --latent {path}`")
+    if stored.get("kind") == CLASSIFIER_KIND:
+        raise ckpt.CheckpointError(f"{folder} is a classifier run, not a diffusion model; it guides one "
+                                   f"with `diffuse sample RUN --classifier {path}`")
     if not {"train", "data"} <= set(stored):
         raise ckpt.CheckpointError(f"{folder / 'config.json'} is not a training config (needs 'train' and 'data')")
     config = TrainConfig.from_dict(stored["train"])
@@ -129,10 +134,20 @@ class Trainer:
         if config.cond == "class" and self.data.labels is None:
             raise ValueError(f"cond='class' needs a labelled data set; {config.data!r} has no labels")
         num_classes = self.data.num_classes if config.cond == "class" else None
+        # Text: a tokenizer fitted to the training captions (or the run's own, on resume).
+        self.tokenizer = self.tokens = None
+        text = None
+        if config.cond == "text":
+            if self.data.captions is None:
+                raise ValueError(f"cond='text' needs a captioned data set (e.g. shapes); {config.data!r} has no captions")
+            self.tokenizer = (WordTokenizer.from_dict(raw["data"]["tokenizer"]) if resume
+                              else WordTokenizer.fit(self.data.captions))
+            self.tokens = self.tokenizer.encode(self.data.captions)
+            text = {"vocab_size": len(self.tokenizer), "max_length": self.tokens.shape[1]}
         if config.sigma_data is None:
             config.sigma_data = round(float(self.data.data.std()), 4)
         if config.network is None:
-            config.network = default_network(self.data.shape, num_classes)
+            config.network = default_network(self.data.shape, num_classes, text)
         elif self.codec is not None:
             config.network = network_for_latents(config.network, self.data.shape)
         if config.batch_size % self.world:
@@ -161,6 +176,8 @@ class Trainer:
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.images = self.data.data.to(self.device)
         self.labels = None if self.data.labels is None else self.data.labels.to(self.device)
+        if self.tokens is not None:
+            self.tokens = self.tokens.to(self.device)
 
     # -- checkpointing -----------------------------------------------------------------------------
     def stored_config(self) -> dict:
@@ -168,6 +185,8 @@ class Trainer:
                   "data": {"spec": self.config.data, "shape": list(self.image_shape),
                            "num_classes": self.num_classes, "class_names": self.data.class_names,
                            "sigma_data": self.config.sigma_data}}
+        if self.tokenizer is not None:
+            stored["data"]["tokenizer"] = self.tokenizer.to_dict()
         if self.codec is not None:  # data.shape stays the images' shape: what sampling returns
             stored["data"]["latent_shape"] = list(self.data.shape)
             stored["latent"] = self.codec.reference
@@ -204,30 +223,34 @@ class Trainer:
             mixed = (mixed * 1_000_003 + key + 1) % (2**63 - 1)
         return torch.Generator().manual_seed(mixed)
 
-    def next_batch(self, noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This rank's slice of global batch `self.step`; epochs drop their incomplete tail."""
+    def next_batch(self, noise: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """This rank's slice of global batch `self.step` and its condition ({"labels": ...},
+        {"tokens": ...} or {}), a fraction label_dropout of it replaced by the null condition
+        (the null class, or all-padding tokens); epochs drop their incomplete tail."""
         size = self.config.batch_size
         epoch, index_in_epoch = divmod(self.step, self.batches_per_epoch)
         order = torch.randperm(len(self.data), generator=self._seeded(0, epoch))
         per_rank = size // self.world
         start = index_in_epoch * size + self.rank * per_rank
         index = order[start:start + per_rank].to(self.device)
-        labels = None
-        if self.num_classes is not None:
-            labels = self.labels[index]
-            drop = torch.rand(len(index), generator=noise) < self.config.label_dropout
-            labels = torch.where(drop.to(self.device), torch.full_like(labels, self.num_classes), labels)
-        return self.images[index], labels
+        cond = {}
+        if self.num_classes is not None or self.tokens is not None:
+            drop = (torch.rand(len(index), generator=noise) < self.config.label_dropout).to(self.device)
+            if self.num_classes is not None:
+                labels = self.labels[index]
+                cond["labels"] = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+            else:
+                cond["tokens"] = self.tokens[index].masked_fill(drop[:, None], WordTokenizer.pad_id)
+        return self.images[index], cond
 
     def learning_rate(self, step: int) -> float:
-        warmup = self.config.warmup_steps
-        return self.config.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else self.config.lr
+        c = self.config
+        return loop.learning_rate(c.lr, step, c.warmup_steps, c.steps, c.lr_schedule)
 
     def train_step(self) -> float:
         noise = self._seeded(1, self.step, self.rank)
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=noise)))  # network dropout
-        x0, labels = self.next_batch(noise)
-        cond = {} if labels is None else {"labels": labels}
+        x0, cond = self.next_batch(noise)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             loss = self.loss_fn(self.train_model, x0, cond, generator=noise)
         finite = _all_true(bool(torch.isfinite(loss)), self.world, self.device)

@@ -1,0 +1,98 @@
+"""Text conditioning: the encoder, cross-attention in the U-Net, and training on captions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffuse.checkpoint import latest_checkpoint, load_json
+from diffuse.data import load_dataset
+from diffuse.models import build_network, network_config, text_network
+from diffuse.text import WordTokenizer
+from diffuse.training import TrainConfig, Trainer
+
+UNET = {"kind": "unet", "in_channels": 3, "channels": 16, "channel_mults": [1, 2], "attention_levels": [1]}
+
+
+def text_net(seed: int = 0, denoiser=UNET):
+    torch.manual_seed(seed)
+    return build_network(text_network(denoiser, vocab_size=12, max_length=6, width=32, layers=1))
+
+
+def perturbed(net):
+    """The network with every parameter nudged, so zero-initialised branches are live."""
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("denoiser", [UNET, {"kind": "dit", "in_channels": 3, "image_size": 8, "patch_size": 2,
+                                              "hidden": 32, "depth": 1, "num_heads": 2}])
+def test_the_null_text_is_no_context_and_real_text_changes_the_output(denoiser):
+    net = perturbed(text_net(denoiser=denoiser)).eval()
+    x, level = torch.randn(3, 3, 8, 8), torch.tensor([-1.0, 0.0, 1.0])
+    tokens = torch.tensor([[2, 5, 7, 3, 0, 0], [2, 6, 3, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    out = net(x, level, tokens=tokens)
+    without = net(x, level)
+    torch.testing.assert_close(out[2], without[2])                 # all padding: exactly no context
+    assert (out[:2] - without[:2]).abs().amax() > 1e-3              # words matter
+    other = net(x, level, tokens=torch.tensor([[2, 9, 7, 3, 0, 0]] * 3))
+    assert (other[0] - out[0]).abs().amax() > 1e-4                  # and which words
+    padded = net(x[:1], level[:1], tokens=torch.tensor([[2, 5, 7, 3]]))
+    torch.testing.assert_close(padded, out[:1], atol=1e-5, rtol=1e-5)   # padding is masked out
+
+
+def test_a_fresh_text_network_ignores_the_text_until_trained():
+    # cross-attention branches start at zero, so text is added to a working network smoothly
+    net = text_net().eval()
+    for module in net.denoiser.modules():
+        if hasattr(module, "output"):
+            torch.nn.init.normal_(module.output.weight, std=0.1)
+    x, level = torch.randn(2, 3, 8, 8), torch.zeros(2)
+    torch.testing.assert_close(net(x, level, tokens=torch.tensor([[2, 5, 3], [2, 6, 3]])), net(x, level))
+
+
+def test_text_network_config_round_trips_and_refuses_bad_input():
+    net = text_net()
+    config = network_config(net)
+    assert config["denoiser"]["context_dim"] == 32
+    rebuilt = build_network(config)
+    rebuilt.load_state_dict(net.state_dict())
+    with pytest.raises(ValueError, match="context_dim"):
+        build_network(text_network({**UNET, "context_dim": 8}, vocab_size=12, width=32))
+    with pytest.raises(ValueError, match="max_length"):
+        net(torch.randn(1, 3, 8, 8), torch.zeros(1), tokens=torch.ones(1, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match="0..11"):
+        net(torch.randn(1, 3, 8, 8), torch.zeros(1), tokens=torch.tensor([[2, 12]]))
+    with pytest.raises(ValueError, match="context_dim=None"):
+        build_network(UNET)(torch.randn(1, 3, 8, 8), torch.zeros(1), context=torch.randn(1, 2, 32))
+
+
+def shapes_config(**overrides) -> TrainConfig:
+    network = text_network({**UNET, "channels": 8}, vocab_size=17, max_length=10, width=16, layers=1)
+    settings = dict(data="shapes", cond="text", network=network, batch_size=8, steps=2, checkpoint_every=2,
+                    grid_size=2, sample_steps=2, warmup_steps=1, label_dropout=0.5)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_training_on_captions_stores_the_tokenizer_and_drops_text_to_padding(tmp_path):
+    data = load_dataset("shapes", "train", n=64)
+    trainer = Trainer(shapes_config(), tmp_path, dataset=data, progress=False)
+    tokenizer = WordTokenizer.fit(data.captions)
+    assert trainer.tokenizer == tokenizer and len(tokenizer) == 17
+    _, cond = trainer.next_batch(torch.Generator().manual_seed(0))
+    dropped = (cond["tokens"] == 0).all(dim=1)
+    assert 0 < dropped.sum() < len(dropped)                       # some rows are the null text
+    kept = cond["tokens"][~dropped]
+    assert all(text in data.captions for text in tokenizer.decode(kept))
+    trainer.fit()
+    stored = load_json(latest_checkpoint(tmp_path) / "config.json")
+    assert WordTokenizer.from_dict(stored["data"]["tokenizer"]) == tokenizer
+    resumed = Trainer(shapes_config(steps=3), tmp_path, resume=True, dataset=data, progress=False)
+    assert resumed.tokenizer == tokenizer and resumed.step == 2
+
+
+def test_text_conditioning_needs_captions(tmp_path):
+    with pytest.raises(ValueError, match="captioned"):
+        Trainer(shapes_config(data="digits", network=None), tmp_path, progress=False)
