@@ -21,7 +21,8 @@ from diffuse.cli import main
 from diffuse.data import load_dataset
 from diffuse.models import DiT, UNet, build_network
 from diffuse.training import TrainConfig, Trainer, default_network, generate, load_autoencoder, load_model
-from diffuse.training.autoencoder import fingerprint, network_for_latents
+from diffuse.training.autoencoder import fingerprint
+from diffuse.training.config import network_for_shape
 
 torch.set_num_threads(1)
 
@@ -166,8 +167,8 @@ def test_latent_networks_are_fitted_to_odd_latent_grids():
     assert net(torch.zeros(2, 4, 7, 7), torch.zeros(2)).shape == (2, 4, 7, 7)
     assert default_network((1, 28, 28), None)["channel_mults"] == [1, 2, 2]  # pixels: unchanged
     assert default_network((4, 14, 14), None)["channel_mults"] == [1, 2]
-    assert network_for_latents(LATENT_DIT, (4, 7, 7))["image_size"] == 7
+    assert network_for_shape(LATENT_DIT, (4, 7, 7))["image_size"] == 7
     with pytest.raises(ValueError, match="in_channels is 1, not 4"):
-        network_for_latents(UNET, (4, 4, 4))
+        network_for_shape(UNET, (4, 4, 4))
     with pytest.raises(ValueError, match="image_size is 8"):
-        network_for_latents({**LATENT_DIT, "image_size": 8}, (4, 4, 4))
+        network_for_shape({**LATENT_DIT, "image_size": 8}, (4, 4, 4))

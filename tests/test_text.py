@@ -96,3 +96,67 @@ def test_training_on_captions_stores_the_tokenizer_and_drops_text_to_padding(tmp
 def test_text_conditioning_needs_captions(tmp_path):
     with pytest.raises(ValueError, match="captioned"):
         Trainer(shapes_config(data="digits", network=None), tmp_path, progress=False)
+
+
+def test_an_image_network_given_for_text_is_wrapped_and_sizes_are_filled_in(tmp_path):
+    data = load_dataset("shapes", "train", n=64)
+    dit = {"kind": "dit", "in_channels": 3, "image_size": 32, "patch_size": 8, "hidden": 16, "depth": 1,
+           "num_heads": 2}
+    trainer = Trainer(shapes_config(network=dit), tmp_path / "dit", dataset=data, progress=False)
+    assert trainer.config.network["kind"] == "text" and trainer.config.network["denoiser"]["kind"] == "dit"
+    assert trainer.config.network["vocab_size"] == 17
+    trainer.fit()
+    partial = {"kind": "text", "denoiser": {**UNET, "channels": 8}, "width": 16, "layers": 1}
+    trainer = Trainer(shapes_config(network=partial), tmp_path / "unet", dataset=data, progress=False)
+    assert trainer.config.network["max_length"] == trainer.tokens.shape[1]
+    with pytest.raises(ValueError, match="vocab_size 5"):
+        Trainer(shapes_config(network={**partial, "vocab_size": 5}), tmp_path / "bad", dataset=data, progress=False)
+
+
+def test_prompts_condition_sampling_and_guidance_uses_the_null_text(tmp_path):
+    import dataclasses
+
+    from diffuse.training import generate, load_model
+
+    data = load_dataset("shapes", "train", n=64)
+    Trainer(shapes_config(), tmp_path, dataset=data, progress=False).fit()
+    model, config, stored = load_model(tmp_path)
+    perturbed(model.net)  # live cross-attention, so the text matters
+    tokenizer = WordTokenizer.from_dict(stored["tokenizer"])
+    tokens = tokenizer.encode(["a red circle", "a blue square left of a green triangle"], max_length=10)
+    draw = lambda **kw: generate(model, config, (3, 32, 32), 2, steps=2, **kw)  # noqa: E731
+    plain, guided = draw(tokens=tokens), draw(tokens=tokens, guidance=3.0)
+    null, unconditional = draw(tokens=torch.zeros_like(tokens)), draw()
+    assert plain.shape == (2, 3, 32, 32) and torch.isfinite(guided).all()
+    torch.testing.assert_close(null, unconditional)          # the null text is the unconditional model
+    torch.testing.assert_close(draw(tokens=tokens, guidance=0.0), plain)
+    assert (plain - null).abs().amax() > 1e-3 and (guided - plain).abs().amax() > 1e-3
+    with pytest.raises(ValueError, match="not trained on text"):
+        generate(model, dataclasses.replace(config, cond="none"), (3, 32, 32), 2, tokens=tokens)
+    with pytest.raises(ValueError, match=r"tokens must be \[n=3"):
+        generate(model, config, (3, 32, 32), 3, tokens=tokens)
+
+
+def test_cli_trains_on_captions_and_samples_a_prompt(tmp_path):
+    import contextlib
+    import io
+    import json
+
+    from PIL import Image
+
+    from diffuse.cli import main
+
+    dit = {"kind": "dit", "image_size": 32, "patch_size": 8, "hidden": 16, "depth": 1, "num_heads": 2}
+    run = tmp_path / "run"
+    assert main(["train", "--data", "shapes", "--cond", "text", "--network", json.dumps(dit), "--out", str(run),
+                 "--steps", "2", "--batch-size", "8", "--checkpoint-every", "2", "--sample-steps", "2",
+                 "--warmup-steps", "1", "--quiet"]) == 0
+    out = tmp_path / "red.png"
+    assert main(["sample", str(run), "--prompt", "a red circle above a blue square", "--prompt", "a green triangle",
+                 "--guidance", "2", "--n", "4", "--steps", "2", "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 32
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["sample", str(run), "--prompt", "a purple circle", "--n", "1", "--steps", "2",
+                     "--out", str(tmp_path / "purple.png")]) == 0
+    assert "never saw in training are read as unknown: purple" in printed.getvalue()

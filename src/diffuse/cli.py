@@ -2,11 +2,12 @@
 over diffuse.training.
 
     diffuse train --data digits --out runs/digits [--cond class] [--minutes M] [--steps S] ...
+    diffuse train --data shapes --cond text --out runs/shapes ...
     diffuse train-autoencoder --data fashion --out runs/ae [--factor 4] [--latent-channels 4]
                    [--kl-weight 1e-6] [--steps S] [--minutes M] ...
     diffuse train --latent runs/ae --out runs/latent [--network '{"kind": "dit"}'] ...
     diffuse train-classifier --data digits --out runs/digits-clf [--process edm] [--steps S] ...
-    diffuse sample RUN --n N [--labels 0-9 | 3,5,7] [--sampler NAME --steps K --guidance W]
+    diffuse sample RUN --n N [--labels 0-9 | 3,5,7 | --prompt TEXT] [--sampler NAME --steps K --guidance W]
                    [--classifier CLF_RUN --classifier-scale S] [--seed S] --out FILE.png | FILE.npz
     diffuse eval RUN [--n N] [--sampler NAME --steps K --guidance W] [--classifier CLF_RUN ...]
                    [--out FILE.json]
@@ -154,6 +155,24 @@ def _classifier(args):
     return load_classifier(args.classifier, device=args.device or "cpu")[0]
 
 
+def prompt_tokens(prompts: list[str], n: int, data: dict, model):
+    """Token ids [n, L] of `prompts` cycled over n samples, with the run's own tokenizer."""
+    import torch
+
+    from .text import WordTokenizer
+    from .text.tokenizer import split_words
+
+    if "tokenizer" not in data:
+        raise ValueError("this run was not trained on text; --prompt needs a model trained with --cond text")
+    tokenizer = WordTokenizer.from_dict(data["tokenizer"])
+    unknown = sorted({w for p in prompts for w, i in zip(split_words(p), tokenizer.token_ids(p))
+                      if i == tokenizer.unk_id})
+    if unknown:
+        print(f"warning: words the model never saw in training are read as unknown: {', '.join(unknown)}")
+    encoded = tokenizer.encode(prompts, max_length=model.net.config.max_length)
+    return encoded[torch.arange(n) % len(prompts)]
+
+
 def _sample(args) -> int:
     import numpy as np
     import torch
@@ -176,7 +195,8 @@ def _sample(args) -> int:
     labels = None
     if label_list is not None:
         labels = torch.tensor([label_list[i % len(label_list)] for i in range(args.n)])
-    images = generate(model, config, data["shape"], args.n, labels=labels, guidance=args.guidance,
+    tokens = prompt_tokens(args.prompt, args.n, data, model) if args.prompt else None
+    images = generate(model, config, data["shape"], args.n, labels=labels, tokens=tokens, guidance=args.guidance,
                       classifier=_classifier(args), classifier_scale=args.classifier_scale,
                       sampler=args.sampler, steps=args.steps, schedule=args.schedule, seed=args.seed,
                       device=args.device or "cpu")
@@ -236,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: digits, or the autoencoder's data with --latent)")
     train.add_argument("--latent", help="an autoencoder run (diffuse train-autoencoder): train on its latents")
     train.add_argument("--out", required=True, help="run directory (checkpoints, metrics, pictures)")
-    train.add_argument("--cond", choices=["none", "class"])
+    train.add_argument("--cond", choices=["none", "class", "text"],
+                       help="class labels, or text (the data's captions, e.g. --data shapes)")
     train.add_argument("--process", choices=sorted(PROCESS_RECIPES),
                        help="the Gaussian path, with its usual parameterisation and loss (default: edm)")
     train.add_argument("--prediction", choices=["eps", "x0", "v", "score", "velocity"])
@@ -286,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_arguments(sample)
     sample.add_argument("--n", type=int, default=100)
     sample.add_argument("--labels", help="class labels to cycle over: 0-9 or 3,5,7")
+    sample.add_argument("--prompt", action="append",
+                        help='a text model\'s prompt, e.g. "a red circle above a blue square"; repeat it '
+                             "for several, cycled over the samples")
     sample.add_argument("--out", required=True, help="FILE.png (a grid) or FILE.npz (images, labels)")
     sample.set_defaults(handler=_sample)
 

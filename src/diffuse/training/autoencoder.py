@@ -394,24 +394,3 @@ def open_autoencoder(run, expected: dict | None = None, device="cpu") -> LatentC
                  "autoencoder": autoencoder_config(model), "image_shape": stored["data"]["shape"],
                  "data": stored["data"]["spec"]}
     return LatentCodec(model, scale, reference)
-
-
-def network_for_latents(network: dict, latent_shape) -> dict:
-    """A network config fitted to latents: a left-out ``in_channels`` (and, for a DiT, a left-out
-    ``image_size``) is taken from the latent shape, which a user cannot be expected to know;
-    given values must match it."""
-    channels, height, width = latent_shape
-    network = dict(network)
-    network.setdefault("in_channels", channels)
-    if network.get("kind") == "dit":
-        network.setdefault("image_size", height if height == width else [height, width])
-    if network.get("kind") in ("unet", "dit") and network["in_channels"] != channels:
-        raise ValueError(f"the latents have shape {tuple(latent_shape)}; the network's in_channels is "
-                         f"{network['in_channels']}, not {channels} (leave it out to have it filled in)")
-    if network.get("kind") == "dit":
-        size = network["image_size"]
-        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-        if size != (height, width):
-            raise ValueError(f"the latents are {height}x{width}; the DiT's image_size is {network['image_size']} "
-                             "(leave it out to have it filled in)")
-    return network

@@ -103,3 +103,28 @@ def default_network(shape: tuple[int, ...], num_classes: int | None, text: dict 
     from ..models import text_network
     unet["attention_levels"] = list(range(1, len(mults))) or [0]
     return text_network(unet, **text)
+
+
+def network_for_shape(network: dict, shape) -> dict:
+    """An image network config fitted to the images or latents [C, H, W] it will model: a left-out
+    ``in_channels`` (and, for a DiT, a left-out ``image_size``) is taken from the shape, which
+    for latents a user cannot be expected to know; given values must match it."""
+    if network.get("kind") == "text":  # the image network inside
+        return {**network, "denoiser": network_for_shape(network.get("denoiser", {}), shape)}
+    if network.get("kind") not in ("unet", "dit"):
+        return network
+    channels, height, width = shape
+    network = dict(network)
+    network.setdefault("in_channels", channels)
+    if network.get("kind") == "dit":
+        network.setdefault("image_size", height if height == width else [height, width])
+    if network["in_channels"] != channels:
+        raise ValueError(f"the data have shape {tuple(shape)}; the network's in_channels is "
+                         f"{network['in_channels']}, not {channels} (leave it out to have it filled in)")
+    if network.get("kind") == "dit":
+        size = network["image_size"]
+        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        if size != (height, width):
+            raise ValueError(f"the data are {height}x{width}; the DiT's image_size is {network['image_size']} "
+                             "(leave it out to have it filled in)")
+    return network

@@ -6,18 +6,21 @@ import torch
 
 from ..guidance import ClassifierFreeGuidance, ClassifierGuidance
 from ..samplers import sample
+from ..text import WordTokenizer
 from .config import TrainConfig
 
 
 @torch.no_grad()
 def generate(model, config: TrainConfig, shape, n: int, *, labels: torch.Tensor | None = None,
-             guidance: float = 0.0, classifier=None, classifier_scale: float = 1.0,
+             tokens: torch.Tensor | None = None, guidance: float = 0.0, classifier=None, classifier_scale: float = 1.0,
              sampler: str | None = None, steps: int | None = None, schedule: str | None = None,
              seed: int = 0, device="cpu", batch_size: int = 500, decoder=None) -> torch.Tensor:
     """n samples [n, *shape] in the data range. Sample k depends only on (seed, k), not on the
     batch it was drawn in: noise is drawn per sample from its own generator.
 
-    `guidance` w is classifier-free guidance (a class-conditional model). `classifier` (a
+    `labels` [n] condition a class model, `tokens` [n, L] (WordTokenizer ids of one prompt per
+    sample) a text model. `guidance` w is classifier-free guidance against the null class or
+    the null (all-padding) text. `classifier` (a
     noise-aware classifier(x, t) -> logits, e.g. from `load_classifier`, trained on this model's
     process) adds classifier guidance of scale `classifier_scale` towards `labels`, for an
     unconditional model as well as a conditional one; with both, classifier-free guidance is the
@@ -37,9 +40,14 @@ def generate(model, config: TrainConfig, shape, n: int, *, labels: torch.Tensor 
         check_classifier(classifier, model, draw_shape, decoder)
     if labels is not None and num_classes is None and classifier is None:
         raise ValueError("this model is unconditional; it takes no labels (unless a classifier guides it)")
-    if guidance and labels is None:
-        raise ValueError("guidance needs labels")
-    if guidance and num_classes is None:
+    text = getattr(config, "cond", None) == "text"
+    if tokens is not None and not text:
+        raise ValueError("this model was not trained on text; it takes no prompt")
+    if tokens is not None and (tokens.ndim != 2 or len(tokens) != n):
+        raise ValueError(f"tokens must be [n={n}, L], got {tuple(tokens.shape)}")
+    if guidance and labels is None and tokens is None:
+        raise ValueError("guidance needs labels or a prompt")
+    if guidance and num_classes is None and tokens is None:
         raise ValueError("classifier-free guidance (--guidance) needs a class-conditional model")
     if classifier is not None and labels is None:
         raise ValueError("classifier guidance needs labels")
@@ -50,7 +58,10 @@ def generate(model, config: TrainConfig, shape, n: int, *, labels: torch.Tensor 
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()
-    wrapped = ClassifierFreeGuidance(model, guidance, num_classes) if guidance else model
+    wrapped = model
+    if guidance:
+        null = {"tokens": WordTokenizer.pad_id} if tokens is not None else {"labels": num_classes}
+        wrapped = ClassifierFreeGuidance(model, guidance, null=null)
     if classifier is not None:
         wrapped = ClassifierGuidance(wrapped, classifier, model.process, classifier_scale,
                                      prediction=model.prediction, conditional_model=num_classes is not None)
@@ -59,7 +70,8 @@ def generate(model, config: TrainConfig, shape, n: int, *, labels: torch.Tensor 
         count = min(batch_size, n - start)
         noise = torch.stack([torch.randn(draw_shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + k))
                              for k in range(start, start + count)]).to(device)
-        cond = {} if labels is None else {"labels": labels[start:start + count].to(device)}
+        cond = {name: value[start:start + count].to(device)
+                for name, value in (("labels", labels), ("tokens", tokens)) if value is not None}
         drawn = sample(wrapped, model.process, noise, sampler=sampler or config.sampler,
                        steps=steps or config.sample_steps, prediction=model.prediction,
                        schedule=schedule or config.sample_schedule, cond=cond,

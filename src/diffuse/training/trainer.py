@@ -24,15 +24,15 @@ from torch import nn
 from .. import checkpoint as ckpt
 from ..data import Dataset, load_dataset
 from ..denoiser import Denoiser
-from ..models import build_network
+from ..models import build_network, text_network
 from ..objectives import DenoisingLoss
 from ..process import process_from_config
 from ..text import WordTokenizer
 from . import loop
 from .autoencoder import KIND as AUTOENCODER_KIND
-from .autoencoder import network_for_latents, open_autoencoder
+from .autoencoder import open_autoencoder
 from .classifier import KIND as CLASSIFIER_KIND
-from .config import TrainConfig, default_network
+from .config import TrainConfig, default_network, network_for_shape
 
 
 # -- building and loading models -------------------------------------------------------------------
@@ -78,6 +78,19 @@ def load_model(path, ema: bool = True, device="cpu", autoencoder=None) -> tuple[
             raise ckpt.CheckpointError(f"{folder / 'config.json'} names an autoencoder but has no 'latent' reference")
         model.latent_decoder = open_autoencoder(autoencoder, stored["latent"], device)
     return model, config, stored["data"]
+
+
+def with_text(network: dict, text: dict) -> dict:
+    """An image network given for a text model, wrapped with the text encoder (a U-Net or DiT
+    works as is; a "text" network gets the tokenizer's sizes where it leaves them out)."""
+    if network.get("kind") != "text":
+        return text_network(network, **text)
+    network = {**text, **network}
+    if network["vocab_size"] != text["vocab_size"] or network["max_length"] < text["max_length"]:
+        raise ValueError(f"the text network has vocab_size {network['vocab_size']} and max_length "
+                         f"{network['max_length']}; the captions need {text['vocab_size']} and at least "
+                         f"{text['max_length']} (leave them out to have them filled in)")
+    return network
 
 
 # -- distributed helpers ------------------------------------------------------------------------------
@@ -148,8 +161,11 @@ class Trainer:
             config.sigma_data = round(float(self.data.data.std()), 4)
         if config.network is None:
             config.network = default_network(self.data.shape, num_classes, text)
-        elif self.codec is not None:
-            config.network = network_for_latents(config.network, self.data.shape)
+        else:
+            if len(self.data.shape) == 3:
+                config.network = network_for_shape(config.network, self.data.shape)
+            if text is not None:
+                config.network = with_text(config.network, text)
         if config.batch_size % self.world:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by {self.world} processes")
         self.config = config
@@ -305,11 +321,13 @@ class Trainer:
             if (self.out_dir / "metrics.jsonl").exists() else []
         save_curve([r["step"] for r in records], [r["loss"] for r in records], self.out_dir / "loss.png")
         if len(self.data.shape) == 3:
-            labels = None
+            labels = tokens = None
             if self.num_classes is not None:
                 labels = torch.arange(self.config.grid_size) % self.num_classes
+            if self.tokens is not None:  # the first training captions
+                tokens = self.tokens[torch.arange(self.config.grid_size) % len(self.tokens)].cpu()
             images = generate(self.ema, self.config, self.image_shape, self.config.grid_size, labels=labels,
-                              seed=0, device=self.device, decoder=self.codec)
+                              tokens=tokens, seed=0, device=self.device, decoder=self.codec)
             nrow = self.num_classes if self.num_classes else None
             save_image_grid(images, self.out_dir / "samples.png", nrow=nrow)
 
