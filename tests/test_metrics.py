@@ -304,6 +304,10 @@ def test_floor_and_evaluate_on_digits(digits_classifier, digits):
     assert ref["accuracy"] > 0.97 and ref["classifier_test_accuracy"] >= 0.97
     assert ref["precision"] > 0.9 and ref["recall"] > 0.9 and ref["coverage"] > 0.9
     assert ref["memorised_ratio"] <= 0.02 and ref["memorised_normalised"] <= 0.02
+    small = floor("digits", digits_classifier, n=100)   # to compare with 100 generated images
+    assert small["n_generated"] == 100 and small["fd"] > ref["fd"]   # FD's bias grows as n shrinks
+    with pytest.raises(ValueError, match="n must lie"):
+        floor("digits", digits_classifier, n=len(train) + 1)
 
     noise = torch.rand(len(test), *test.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
     bad = evaluate(noise, test.labels, "digits", digits_classifier)

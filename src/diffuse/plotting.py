@@ -38,29 +38,55 @@ def save_image_grid(images: torch.Tensor, path, nrow: int | None = None, scale: 
     return Path(path)
 
 
-def save_curve(steps, values, path, title: str = "loss", size=(640, 400)) -> Path:
-    """A line plot of `values` against `steps` on a log y-axis, with min/max labels."""
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+
+
+def save_lines(series: dict, path, title: str = "", xlabel: str = "", ylabel: str = "", log_y: bool = False,
+               size=(640, 400)) -> Path:
+    """Line plots on shared axes: `series` maps a name to (x, y) or (x, y, point_labels); each
+    line gets its own colour and a legend entry, and its points are marked and labelled."""
     from PIL import Image, ImageDraw
-    steps = np.asarray(steps, dtype=float)
-    values = np.asarray(values, dtype=float)
-    keep = np.isfinite(values) & (values > 0)
-    steps, values = steps[keep], values[keep]
+    cleaned = {}
+    for name, (x, y, *labels) in series.items():
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        keep = np.isfinite(x) & np.isfinite(y) & ((y > 0) if log_y else True)
+        point_labels = [str(v) for v, k in zip(labels[0], keep) if k] if labels else None
+        cleaned[name] = (x[keep], np.log10(y[keep]) if log_y else y[keep], point_labels)
     width, height = size
     left, right, top, bottom = 60, 20, 30, 40
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     draw.rectangle([left, top, width - right, height - bottom], outline="black")
     draw.text((left, 8), title, fill="black")
-    if len(values) >= 2:
-        y = np.log10(values)
-        x0, x1 = steps.min(), max(steps.max(), steps.min() + 1)
-        y0, y1 = y.min(), max(y.max(), y.min() + 1e-6)
-        px = left + (steps - x0) / (x1 - x0) * (width - left - right)
-        py = height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
-        draw.line(list(zip(px.tolist(), py.tolist())), fill=(31, 119, 180), width=2)
-        draw.text((4, top - 6), f"{10 ** y1:.3g}", fill="black")
-        draw.text((4, height - bottom - 6), f"{10 ** y0:.3g}", fill="black")
-        draw.text((left, height - bottom + 8), f"{x0:.0f}", fill="black")
-        draw.text((width - right - 60, height - bottom + 8), f"step {x1:.0f}", fill="black")
+    draw.text((width // 2 - 40, height - 16), xlabel, fill="black")
+    draw.text((4, 8), ylabel, fill="black")
+    xs = np.concatenate([x for x, _, _ in cleaned.values()]) if cleaned else np.zeros(0)
+    ys = np.concatenate([y for _, y, _ in cleaned.values()]) if cleaned else np.zeros(0)
+    if len(xs) >= 2:
+        x0, x1 = xs.min(), max(xs.max(), xs.min() + 1e-6)
+        y0, y1 = ys.min(), max(ys.max(), ys.min() + 1e-6)
+        value = (lambda v: f"{10 ** v:.3g}") if log_y else (lambda v: f"{v:.3g}")
+        draw.text((4, top - 6), value(y1), fill="black")
+        draw.text((4, height - bottom - 6), value(y0), fill="black")
+        draw.text((left, height - bottom + 8), f"{x0:.3g}", fill="black")
+        draw.text((width - right - 40, height - bottom + 8), f"{x1:.3g}", fill="black")
+        for i, (name, (x, y, labels)) in enumerate(cleaned.items()):
+            colour = COLOURS[i % len(COLOURS)]
+            px = (left + (x - x0) / (x1 - x0) * (width - left - right)).tolist()
+            py = (height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)).tolist()
+            if len(px) >= 2:
+                draw.line(list(zip(px, py)), fill=colour, width=2)
+            for k, (u, v) in enumerate(zip(px, py)):
+                if len(cleaned) > 1 or labels:
+                    draw.ellipse([u - 3, v - 3, u + 3, v + 3], fill=colour)
+                if labels:
+                    draw.text((u + 4, v - 12), labels[k], fill=colour)
+            if len(cleaned) > 1:
+                draw.text((width - right - 150, top + 6 + 14 * i), name, fill=colour)
     image.save(path)
     return Path(path)
+
+
+def save_curve(steps, values, path, title: str = "loss", size=(640, 400)) -> Path:
+    """A line plot of `values` against `steps` on a log y-axis."""
+    return save_lines({title: (steps, values)}, path, title=title, xlabel="step", log_y=True, size=size)

@@ -76,11 +76,12 @@ def evaluate(generated_images, generated_labels, dataset_name: str,
 
 
 def floor(dataset_name: str, classifier: FeatureClassifier | None = None, k: int = 5,
-          projections: int = 256, seed: int = FLOOR_SEED) -> dict[str, float]:
+          projections: int = 256, seed: int = FLOOR_SEED, n: int | None = None) -> dict[str, float]:
     """`evaluate`'s metrics for real data: what a generator that samples the data exactly gets.
 
     The stand-in for generated images is a fixed-seed subsample of the train split as large as
-    the test split, scored against the test split (accuracy uses its true labels, and is high
+    the test split (or `n`, to match a smaller generated set: sample metrics depend on the sample
+    size), scored against the test split (accuracy uses its true labels, and is high
     because the classifier was trained on those images). Memorisation is measured for the test
     split against the train split instead: train images are trivially "copies" of themselves,
     while test images are fresh draws, which is what a generalising generator produces.
@@ -89,7 +90,9 @@ def floor(dataset_name: str, classifier: FeatureClassifier | None = None, k: int
     train, test = _load(dataset_name)
     if classifier is None:
         classifier = load_or_train_classifier(dataset_name)
-    n = min(len(train), len(test))
+    n = min(len(train), len(test)) if n is None else n
+    if not 0 < n <= len(train):
+        raise ValueError(f"n must lie in 1..{len(train)} (the train split), got {n}")
     index = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     stand_in = train.subset(index, f"{train.name}-floor")
     out = _scores(stand_in.data, stand_in.labels, test, train, classifier, test.data, k, projections)

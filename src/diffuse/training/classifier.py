@@ -173,8 +173,7 @@ class ClassifierTrainer:
         return self.images[index], self.labels[index]
 
     def learning_rate(self, step: int) -> float:
-        warmup = self.config.warmup_steps
-        return self.config.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else self.config.lr
+        return loop.learning_rate(self.config.lr, step, self.config.warmup_steps, self.config.steps)
 
     # -- one step ----------------------------------------------------------------------------------
     def noised(self, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,13 @@ from ..text import WordTokenizer
 from .config import TrainConfig
 
 
+def starting_noise(shape, start: int, count: int, seed: int = 0) -> torch.Tensor:
+    """The starting noise [count, *shape] of samples start..start+count-1: sample k is drawn from
+    its own generator seeded by (seed, k), so it does not depend on the batch it is drawn in."""
+    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed * 1_000_003 + k))
+                        for k in range(start, start + count)])
+
+
 @torch.no_grad()
 def generate(model, config: TrainConfig, shape, n: int, *, labels: torch.Tensor | None = None,
              tokens: torch.Tensor | None = None, guidance: float = 0.0, classifier=None, classifier_scale: float = 1.0,
@@ -68,8 +75,7 @@ def generate(model, config: TrainConfig, shape, n: int, *, labels: torch.Tensor 
     out = []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
-        noise = torch.stack([torch.randn(draw_shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + k))
-                             for k in range(start, start + count)]).to(device)
+        noise = starting_noise(draw_shape, start, count, seed).to(device)
         cond = {name: value[start:start + count].to(device)
                 for name, value in (("labels", labels), ("tokens", tokens)) if value is not None}
         drawn = sample(wrapped, model.process, noise, sampler=sampler or config.sampler,

@@ -1,0 +1,196 @@
+"""Guidance measured: classifier-free guidance's fidelity / diversity trade-off on digits, classifier
+guidance beside it, and compositional prompts on shapes.
+
+    python benchmarks/guidance.py                            # both parts
+    python benchmarks/guidance.py --part digits --digits-run runs/digits     # reuse a class run
+    python benchmarks/guidance.py --part shapes --shapes-run runs/shapes     # reuse a text run
+    python benchmarks/guidance.py --quick                    # smoke run, a few minutes
+
+Digits
+------
+A class-conditional model trained with the default recipe of `diffuse train --data digits --cond
+class` for --cpu-minutes of process CPU time (label dropout 0.1 teaches the same network the
+null class, i.e. the unconditional model), unless --digits-run names a trained run; and a
+noise-aware classifier (`diffuse train-classifier`'s default) on the same process for
+--classifier-minutes. One sample per test image, with the test split's labels, Heun 18 steps:
+
+  CFG w      (1 + w) D(x, c) - w D(x, null) for w in W (w = 0 is the conditional model)
+  classifier the unconditional mode of the same network (null label) guided by the classifier,
+             grad log p(y | x_t) scaled by s for s in S: classifier guidance alone
+
+Each row: the local classifier's accuracy on the samples against the labels asked for, FD in
+its features and FD over the real train-vs-test floor, k-NN precision and recall. The curve of
+accuracy against FD is drawn to --plot.
+
+Shapes
+------
+A text-conditioned model of `shapes` (trained here with the default text recipe, or --shapes-run):
+one sample per caption of the test split (seen attribute combinations) and of the held-out split
+(combinations never seen in training), for w in W; the score is exact-caption accuracy, the
+fraction of images that the programmatic detector reads back as exactly their caption (colours,
+shapes, and the relation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from budget import set_threads, timed, train_budgeted  # first: it sets OpenMP's wait policy
+
+import torch
+
+from diffuse.data import load_dataset
+from diffuse.data.shapes_detector import caption_accuracy
+from diffuse.guidance import ClassifierGuidance
+from diffuse.metrics import evaluate, floor
+from diffuse.metrics.classifier import load_or_train_classifier
+from diffuse.plotting import save_lines
+from diffuse.samplers import sample
+from diffuse.text import WordTokenizer
+from diffuse.training import (ClassifierTrainConfig, ClassifierTrainer, TrainConfig, Trainer, generate,
+                              load_model)
+from diffuse.training.sampling import starting_noise
+
+CFG_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+CLASSIFIER_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0)
+SHAPES_WEIGHTS = (0.0, 1.0, 3.0, 5.0, 8.0)
+SAMPLE_SEED = 1
+
+
+def train_digits(cpu_minutes: float, workdir: str):
+    trainer = Trainer(TrainConfig(data="digits", cond="class"), workdir, progress=False)
+    spent = train_budgeted(trainer.train_step, cpu_minutes, lambda n: setattr(trainer.config, "steps", n))
+    return trainer.ema.eval(), trainer.config, spent
+
+
+def train_classifier(cpu_minutes: float, workdir: str):
+    trainer = ClassifierTrainer(ClassifierTrainConfig(data="digits"), workdir, progress=False)
+    spent = train_budgeted(trainer.train_step, cpu_minutes, lambda n: setattr(trainer.config, "steps", n))
+    return trainer.classifier.eval(), spent
+
+
+class UnconditionalMode:
+    """A class-conditional network asked for its null class: the unconditional model it also learnt."""
+
+    def __init__(self, model, null_label: int):
+        self.model, self.null_label, self.prediction = model, null_label, model.prediction
+
+    def __call__(self, x, t, **cond):
+        return self.model(x, t, labels=torch.full((x.shape[0],), self.null_label, device=x.device), **cond)
+
+
+@torch.no_grad()
+def classifier_guided(model, classifier, scale: float, labels: torch.Tensor, shape, steps: int) -> torch.Tensor:
+    """The unconditional mode guided by the classifier, from the same noise as `generate`."""
+    num_classes = model.net.config.num_classes
+    guided = ClassifierGuidance(UnconditionalMode(model, num_classes), classifier, model.process, scale)
+    noise = starting_noise(shape, 0, len(labels), SAMPLE_SEED)
+    return sample(guided, model.process, noise, sampler="heun", steps=steps, prediction=model.prediction,
+                  cond={"labels": labels})
+
+
+def digits_part(args, out_rows: list[str]) -> None:
+    test = load_dataset("digits", "test")
+    labels = test.labels[:100] if args.quick else test.labels
+    metric = load_or_train_classifier("digits")
+    fd_floor = floor("digits", metric, n=len(labels))["fd"]
+    with tempfile.TemporaryDirectory() as workdir:
+        if args.digits_run:
+            model, config, _ = load_model(args.digits_run)
+            trained = f"the run {args.digits_run}"
+        else:
+            model, config, spent = train_digits(args.cpu_minutes, workdir + "/model")
+            trained = f"{spent.steps} steps, {spent.cpu_seconds / 60:.1f} CPU-min ({spent.wall_seconds / 60:.1f} wall)"
+        classifier, cspent = train_classifier(args.classifier_minutes, workdir + "/classifier")
+    print(f"# digits: model {trained}; noise-aware classifier {cspent.steps} steps, "
+          f"{cspent.cpu_seconds / 60:.1f} CPU-min; FD floor {fd_floor:.1f}; {len(labels)} samples, Heun "
+          f"{args.sample_steps} steps", flush=True)
+    header = "| guidance | scale | acc | FD | FD/floor | prec | rec | sample s |"
+    out_rows += ["", f"Digits (FD floor {fd_floor:.1f})", "", header, "|---|---|---|---|---|---|---|---|"]
+    curves = {"classifier-free (w)": ([], [], []), "classifier (s)": ([], [], [])}
+
+    def score(kind, scale, images, seconds, curve):
+        s = evaluate(images, labels, "digits", metric)
+        out_rows.append(f"| {kind} | {scale:g} | {s['accuracy']:.3f} | {s['fd']:.1f} | {s['fd'] / fd_floor:.2f} | "
+                        f"{s['precision']:.3f} | {s['recall']:.3f} | {seconds:.0f} |")
+        print(out_rows[-1], flush=True)
+        for series, value in zip(curves[curve], (s["fd"], s["accuracy"], f"{scale:g}")):
+            series.append(value)
+
+    weights = CFG_WEIGHTS[:3] if args.quick else CFG_WEIGHTS
+    for w in weights:
+        images, _, wall = timed(lambda: generate(model, config, test.shape, len(labels), labels=labels, guidance=w,
+                                                 steps=args.sample_steps, seed=SAMPLE_SEED))
+        score("CFG", w, images, wall, "classifier-free (w)")
+    for s in (CLASSIFIER_SCALES[:2] if args.quick else CLASSIFIER_SCALES):
+        images, _, wall = timed(lambda: classifier_guided(model, classifier, s, labels, test.shape, args.sample_steps))
+        score("classifier", s, images, wall, "classifier (s)")
+    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+    save_lines(curves, args.plot, title="digits: accuracy against FD as guidance grows",
+               xlabel="FD (classifier features)", ylabel="accuracy")
+    print(f"curve: {args.plot}")
+
+
+def shapes_part(args, out_rows: list[str]) -> None:
+    n = 100 if args.quick else args.shapes_n
+    splits = {name: load_dataset("shapes", name, n=n) for name in ("test", "heldout")}
+    with tempfile.TemporaryDirectory() as workdir:
+        if args.shapes_run:
+            model, config, data = load_model(args.shapes_run)
+            tokenizer = WordTokenizer.from_dict(data["tokenizer"])
+            trained = f"the run {args.shapes_run}"
+        else:
+            trainer = Trainer(TrainConfig(data="shapes", cond="text"), workdir, progress=False)
+            spent = train_budgeted(trainer.train_step, args.shapes_minutes,
+                                   lambda k: setattr(trainer.config, "steps", k))
+            model, config, tokenizer = trainer.ema.eval(), trainer.config, trainer.tokenizer
+            trained = f"{spent.steps} steps, {spent.cpu_seconds / 60:.1f} CPU-min ({spent.wall_seconds / 60:.1f} wall)"
+    print(f"# shapes: text model {trained}; {n} captions per split", flush=True)
+    out_rows += ["", "Shapes, exact-caption accuracy", "", "| w | seen (test) | held-out | sample s |", "|---|---|---|---|"]
+    length = model.net.config.max_length
+    for w in (SHAPES_WEIGHTS[:2] if args.quick else SHAPES_WEIGHTS):
+        scores, seconds = [], 0.0
+        for split in splits.values():
+            tokens = tokenizer.encode(split.captions, max_length=length)
+            images, _, wall = timed(lambda: generate(model, config, (3, 32, 32), len(tokens), tokens=tokens,
+                                                     guidance=w, steps=args.sample_steps, seed=SAMPLE_SEED))
+            scores.append(caption_accuracy(images.clamp(-1, 1), split.captions))
+            seconds += wall
+        out_rows.append(f"| {w:g} | {scores[0]:.3f} | {scores[1]:.3f} | {seconds:.0f} |")
+        print(out_rows[-1], flush=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["digits", "shapes", "both"], default="both")
+    parser.add_argument("--digits-run", help="a trained class-conditional digits run to use instead of training")
+    parser.add_argument("--cpu-minutes", type=float, default=10.0, help="digits model training budget")
+    parser.add_argument("--classifier-minutes", type=float, default=3.0, help="noise-aware classifier budget")
+    parser.add_argument("--shapes-run", help="a trained text run on shapes to use instead of training")
+    parser.add_argument("--shapes-minutes", type=float, default=30.0, help="shapes model training budget")
+    parser.add_argument("--shapes-n", type=int, default=500, help="captions per split")
+    parser.add_argument("--sample-steps", type=int, default=18)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plot", default="guidance.png", help="where to draw the digits curve")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.cpu_minutes, args.classifier_minutes, args.shapes_minutes = 0.5, 0.2, 0.5
+    set_threads(args.threads)
+    began = time.perf_counter()
+    print(f"command: python benchmarks/{' '.join(['guidance.py', *sys.argv[1:]])}; torch threads {args.threads}")
+    rows: list[str] = []
+    if args.part in ("digits", "both"):
+        digits_part(args, rows)
+    if args.part in ("shapes", "both"):
+        shapes_part(args, rows)
+    print("\n".join(rows))
+    print(f"\ntotal wall time {(time.perf_counter() - began) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
