@@ -124,6 +124,7 @@ def run_peer(data: str, cpu_minutes: float, labels: torch.Tensor, nfe: int, batc
         out = []
         for start in range(0, len(labels), 500):
             y, x = labels[start:start + 500], noise[start:start + 500]
+            sampler.set_timesteps(nfe)  # a multistep scheduler keeps its step index and history: reset per batch
             for t in sampler.timesteps:
                 x = sampler.step(net(x, t, class_labels=y).sample, t, x).prev_sample
             out.append(x)
