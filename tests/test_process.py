@@ -1,12 +1,11 @@
 import math
 
-import numpy as np
 import pytest
 import torch
 
 import diffuse
 from diffuse import EDM, VE, VP, DiscreteVP, Flow, GaussianPath, process_from_config
-from diffuse.process import named_betas, rescale_zero_terminal_snr
+from diffuse.process import named_betas
 
 from conftest import all_processes
 

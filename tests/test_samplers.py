@@ -1,5 +1,4 @@
 import math
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
