@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,10 +161,7 @@ class AutoencoderTrainer:
 
     # -- randomness, as in the diffusion trainer ---------------------------------------------------
     def _seeded(self, *keys: int) -> torch.Generator:
-        mixed = self.config.seed
-        for key in keys:
-            mixed = (mixed * 1_000_003 + key + 1) % (2**63 - 1)
-        return torch.Generator().manual_seed(mixed)
+        return loop.seeded(self.config.seed, *keys)
 
     def next_batch(self) -> torch.Tensor:
         epoch, index_in_epoch = divmod(self.step, self.batches_per_epoch)
@@ -201,15 +196,10 @@ class AutoencoderTrainer:
     def fit(self) -> Path:
         """Train until the step or time budget is spent, then measure test PSNR; returns the last
         checkpoint. The PSNR is in `self.test_metrics` and `RUN/test_metrics.json`."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        loop.run(self)
-        self.test_metrics = self.evaluate()
-        ckpt.write_text_atomic(self.out_dir / "test_metrics.json",
-                               json.dumps(self.test_metrics, indent=2, sort_keys=True) + "\n")
-        return self.saved[1]
+        return loop.fit_and_evaluate(self)
 
     def _stop_for_time(self, start: float) -> bool:
-        return time.perf_counter() - start > self.config.minutes * 60
+        return loop.time_is_up(start, self.config.minutes)
 
     @torch.no_grad()
     def evaluate(self, batch_size: int = 500) -> dict:
@@ -227,13 +217,7 @@ class AutoencoderTrainer:
                 "psnr": round(float(values.mean()), 4), "psnr_std": round(spread, 4)}
 
     def _log(self, window: list[dict[str, float]]) -> None:
-        if not window:
-            return
-        record = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-        record = {"step": self.step, **record, "lr": self.learning_rate(self.step - 1),
-                  "seconds": round(self.elapsed, 2)}
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        loop.log_window(self, window)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def scale_images(self) -> torch.Tensor:
@@ -273,17 +257,13 @@ class AutoencoderTrainer:
         self.elapsed = float(meta.get("elapsed_seconds", 0.0))
         self.saved = (self.step, folder)
         self.scale_factor = _autoencoder_json(folder)["latent"]["scale_factor"]
-        metrics = self.out_dir / "metrics.jsonl"
-        if metrics.exists():  # drop what was logged after this checkpoint
-            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-            ckpt.write_text_atomic(metrics, "".join(line + "\n" for line in kept))
+        loop.drop_metrics_after(self.out_dir, self.step)
 
     @torch.no_grad()
     def write_pictures(self) -> None:
         """The loss curve, and test images (odd rows) above their reconstructions (even rows)."""
         from ..plotting import save_curve, save_image_grid
-        records = [json.loads(line) for line in open(self.out_dir / "metrics.jsonl")] \
-            if (self.out_dir / "metrics.jsonl").exists() else []
+        records = loop.read_metrics(self.out_dir)
         save_curve([r["step"] for r in records], [r["loss"] for r in records], self.out_dir / "loss.png")
         x = self.test.data[:self.config.grid_size].to(self.device)
         self.model.eval()

@@ -19,8 +19,6 @@ which `generate` checks against the one stored here.
 from __future__ import annotations
 
 import copy
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,10 +158,7 @@ class ClassifierTrainer:
 
     # -- randomness, as in the other trainers ----------------------------------------------------
     def _seeded(self, *keys: int) -> torch.Generator:
-        mixed = self.config.seed
-        for key in keys:
-            mixed = (mixed * 1_000_003 + key + 1) % (2**63 - 1)
-        return torch.Generator().manual_seed(mixed)
+        return loop.seeded(self.config.seed, *keys)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index_in_epoch = divmod(self.step, self.batches_per_epoch)
@@ -197,15 +192,9 @@ class ClassifierTrainer:
         accuracy = (logits.detach().argmax(1) == labels).float().mean()
         return {"loss": float(loss.detach()), "accuracy": float(accuracy)}
 
-    @torch.no_grad()
     def _update_ema(self) -> None:
-        if self.ema is None:
-            return
-        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-        for ema, live in zip(self.ema.parameters(), self.model.parameters()):
-            ema.lerp_(live, 1 - decay)
-        for ema, live in zip(self.ema.buffers(), self.model.buffers()):
-            ema.copy_(live)
+        if self.ema is not None:
+            loop.update_ema(self.ema, self.model, self.step, self.config.ema_decay)
 
     @property
     def classifier(self) -> NoiseAwareClassifier:
@@ -217,15 +206,10 @@ class ClassifierTrainer:
         """Train until the step or time budget is spent, then measure test accuracy at the noise
         levels EVAL_NOISE; returns the last checkpoint. The numbers are in `self.test_metrics` and
         `RUN/test_metrics.json`."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        loop.run(self)
-        self.test_metrics = self.evaluate()
-        ckpt.write_text_atomic(self.out_dir / "test_metrics.json",
-                               json.dumps(self.test_metrics, indent=2, sort_keys=True) + "\n")
-        return self.saved[1]
+        return loop.fit_and_evaluate(self)
 
     def _stop_for_time(self, start: float) -> bool:
-        return time.perf_counter() - start > self.config.minutes * 60
+        return loop.time_is_up(start, self.config.minutes)
 
     @torch.no_grad()
     def evaluate(self, batch_size: int = 500) -> dict:
@@ -252,13 +236,7 @@ class ClassifierTrainer:
                 "accuracy_at_noise": accuracy, "chance": round(1 / self.data.num_classes, 4)}
 
     def _log(self, window: list[dict[str, float]]) -> None:
-        if not window:
-            return
-        record = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-        record = {"step": self.step, **record, "lr": self.learning_rate(self.step - 1),
-                  "seconds": round(self.elapsed, 2)}
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        loop.log_window(self, window)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def stored_config(self) -> dict:
@@ -289,16 +267,12 @@ class ClassifierTrainer:
         self.step = int(meta["step"])
         self.elapsed = float(meta.get("elapsed_seconds", 0.0))
         self.saved = (self.step, folder)
-        metrics = self.out_dir / "metrics.jsonl"
-        if metrics.exists():  # drop what was logged after this checkpoint
-            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-            ckpt.write_text_atomic(metrics, "".join(line + "\n" for line in kept))
+        loop.drop_metrics_after(self.out_dir, self.step)
 
     def write_pictures(self) -> None:
         """The loss curve beside the checkpoints."""
         from ..plotting import save_curve
-        records = [json.loads(line) for line in open(self.out_dir / "metrics.jsonl")] \
-            if (self.out_dir / "metrics.jsonl").exists() else []
+        records = loop.read_metrics(self.out_dir)
         save_curve([r["step"] for r in records], [r["loss"] for r in records], self.out_dir / "loss.png")
 
 

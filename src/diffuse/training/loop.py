@@ -8,12 +8,15 @@ A record is the step's loss, or a dict of named terms with a 'loss'.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..checkpoint import write_text_atomic
 
 
 class NonFiniteLossError(RuntimeError):
@@ -57,6 +60,70 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: tor
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
+
+
+def seeded(seed: int, *keys: int) -> torch.Generator:
+    """A generator for (seed, *keys): distinct, reproducible streams for distinct purposes, steps
+    and ranks, so the random state at any step needs no storing."""
+    mixed = seed
+    for key in keys:
+        mixed = (mixed * 1_000_003 + key + 1) % (2**63 - 1)
+    return torch.Generator().manual_seed(mixed)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, live: nn.Module, step: int, decay: float) -> None:
+    """EMA of the weights with warmup, min(decay, (1 + step) / (10 + step)); buffers are copied."""
+    decay = min(decay, (1 + step) / (10 + step))
+    for averaged, weights in zip(ema.parameters(), live.parameters()):
+        averaged.lerp_(weights, 1 - decay)
+    for averaged, weights in zip(ema.buffers(), live.buffers()):
+        averaged.copy_(weights)
+
+
+def time_is_up(start: float, minutes: float) -> bool:
+    return time.perf_counter() - start > minutes * 60
+
+
+METRICS = "metrics.jsonl"
+
+
+def log_window(trainer, window: list) -> None:
+    """Append the mean of the window's records to RUN/metrics.jsonl, with step, rate and time."""
+    if not window:
+        return
+    if isinstance(window[0], dict):
+        terms = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+    else:
+        terms = {"loss": sum(window) / len(window)}
+    record = {"step": trainer.step, **terms, "lr": trainer.learning_rate(trainer.step - 1),
+              "seconds": round(trainer.elapsed, 2)}
+    with open(trainer.out_dir / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(out_dir: Path) -> list[dict]:
+    path = Path(out_dir) / METRICS
+    return [json.loads(line) for line in open(path)] if path.exists() else []
+
+
+def drop_metrics_after(out_dir: Path, step: int) -> None:
+    """On resume, forget what was logged after the checkpoint being resumed from."""
+    path = Path(out_dir) / METRICS
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def fit_and_evaluate(trainer) -> Path:
+    """Train (run), then measure `trainer.evaluate()` into `trainer.test_metrics` and
+    RUN/test_metrics.json; returns the last checkpoint."""
+    trainer.out_dir.mkdir(parents=True, exist_ok=True)
+    run(trainer)
+    trainer.test_metrics = trainer.evaluate()
+    write_text_atomic(trainer.out_dir / "test_metrics.json",
+                      json.dumps(trainer.test_metrics, indent=2, sort_keys=True) + "\n")
+    return trainer.saved[1]
 
 
 def run(trainer) -> None:

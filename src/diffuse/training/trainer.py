@@ -13,9 +13,7 @@ DistributedDataParallel (gloo on CPU, NCCL on GPU), and only rank 0 writes.
 from __future__ import annotations
 
 import copy
-import json
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -226,18 +224,13 @@ class Trainer:
         self.step = int(meta["step"])
         self.elapsed = float(meta.get("elapsed_seconds", 0.0))
         self.saved = (self.step, folder)
-        metrics = self.out_dir / "metrics.jsonl"
-        if self.rank == 0 and metrics.exists():  # drop what was logged after this checkpoint
-            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-            ckpt.write_text_atomic(metrics, "".join(line + "\n" for line in kept))
+        if self.rank == 0:
+            loop.drop_metrics_after(self.out_dir, self.step)
 
     # -- one step ----------------------------------------------------------------------------------
     def _seeded(self, *keys: int) -> torch.Generator:
         # distinct, reproducible streams for distinct (seed, purpose, step, rank)
-        mixed = self.config.seed
-        for key in keys:
-            mixed = (mixed * 1_000_003 + key + 1) % (2**63 - 1)
-        return torch.Generator().manual_seed(mixed)
+        return loop.seeded(self.config.seed, *keys)
 
     def next_batch(self, noise: torch.Generator) -> tuple[torch.Tensor, dict]:
         """This rank's slice of global batch `self.step` and its condition ({"labels": ...},
@@ -276,13 +269,8 @@ class Trainer:
         self._update_ema()
         return float(loss.detach())
 
-    @torch.no_grad()
     def _update_ema(self) -> None:
-        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-        for ema, live in zip(self.ema.parameters(), self.model.parameters()):
-            ema.lerp_(live, 1 - decay)
-        for ema, live in zip(self.ema.buffers(), self.model.buffers()):
-            ema.copy_(live)
+        loop.update_ema(self.ema, self.model, self.step, self.config.ema_decay)
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self) -> Path | None:
@@ -293,17 +281,13 @@ class Trainer:
         return None if self.saved is None else self.saved[1]
 
     def _stop_for_time(self, start: float) -> bool:
-        over = time.perf_counter() - start > self.config.minutes * 60
+        over = loop.time_is_up(start, self.config.minutes)
         # every rank must stop at the same step, or the others wait forever in all-reduce
         return not _all_true(not over, self.world, self.device)
 
     def _log(self, losses: list[float]) -> None:
-        if self.rank != 0 or not losses:
-            return
-        record = {"step": self.step, "loss": sum(losses) / len(losses), "lr": self.learning_rate(self.step - 1),
-                  "seconds": round(self.elapsed, 2)}
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.rank == 0:
+            loop.log_window(self, losses)
 
     def _checkpoint(self) -> Path | None:
         if self.rank != 0:
@@ -317,8 +301,7 @@ class Trainer:
         """The loss curve and a grid of samples from the EMA model, beside the checkpoints."""
         from ..plotting import save_curve, save_image_grid
         from .sampling import generate
-        records = [json.loads(line) for line in open(self.out_dir / "metrics.jsonl")] \
-            if (self.out_dir / "metrics.jsonl").exists() else []
+        records = loop.read_metrics(self.out_dir)
         save_curve([r["step"] for r in records], [r["loss"] for r in records], self.out_dir / "loss.png")
         if len(self.data.shape) == 3:
             labels = tokens = None
