@@ -55,15 +55,17 @@ def test_two_processes_train_through_python_dash_m_diffuse(tmp_path):
     assert [json.loads(line)["step"] for line in lines] == [4]
 
 
-# Runs the same CLI command in each rank, keeping hold of the trainer to inspect it afterwards.
+# Runs the same CLI command in each rank, keeping hold of the trainer to inspect it afterwards. The
+# probe starts the process group itself, so the trainer leaves it open for the gathering below.
 PROBE = textwrap.dedent("""
-    import json, sys
+    import gc, json, sys
     import torch
     import torch.distributed as dist
     from diffuse import cli
     from diffuse.training import Trainer
 
     report, argv = sys.argv[1], sys.argv[2:]
+    dist.init_process_group("gloo")
     seen = {}
     fit = Trainer.fit
 
@@ -90,6 +92,10 @@ PROBE = textwrap.dedent("""
     if trainer.rank == 0:
         with open(report, "w") as f:
             json.dump(result, f)
+    assert not trainer.owns_process_group and trainer.train_model is trainer.model
+    dist.barrier()
+    del trainer, seen
+    gc.collect()
     dist.destroy_process_group()
 """)
 
@@ -114,3 +120,18 @@ def test_ranks_see_different_data_and_keep_identical_weights(tmp_path):
     # rank 0's checkpoint is those weights
     raw, _, _ = load_model(run, ema=False)
     assert torch.equal(torch.cat([p.flatten() for p in raw.parameters()]), end[0])
+
+
+def test_the_trainer_destroys_the_process_group_it_started(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(textwrap.dedent("""
+        import sys
+        import torch.distributed as dist
+        from diffuse import cli
+
+        assert not dist.is_initialized()
+        assert cli.main(sys.argv[1:]) == 0
+        assert not dist.is_initialized()
+    """))
+    result = launch(str(probe), *TRAIN, "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr

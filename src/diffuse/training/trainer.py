@@ -93,14 +93,16 @@ def with_text(network: dict, text: dict) -> dict:
 
 # -- distributed helpers ------------------------------------------------------------------------------
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size), initialising the process group when launched by torchrun."""
+def _distributed() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call started the process group), initialising the process
+    group when launched by torchrun and nobody has yet."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
+    started = world > 1 and not torch.distributed.is_initialized()
+    if started:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
     rank = torch.distributed.get_rank() if world > 1 else 0
-    return rank, world
+    return rank, world, started
 
 
 def _all_true(flag: bool, world: int, device) -> bool:
@@ -117,7 +119,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, out_dir, *, resume: bool = False, device=None,
                  dataset: Dataset | None = None, progress: bool = True):
         self.out_dir = Path(out_dir)
-        self.rank, self.world = _distributed()
+        self.rank, self.world, self.owns_process_group = _distributed()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -278,7 +280,19 @@ class Trainer:
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         loop.run(self)
+        if self.world > 1:
+            self._leave_process_group()
         return None if self.saved is None else self.saved[1]
+
+    def _leave_process_group(self) -> None:
+        """Wait for every rank (rank 0 may still be drawing its pictures), let go of the
+        DistributedDataParallel wrapper and destroy the process group if this trainer started it.
+        A gloo group left for interpreter exit to tear down can abort the process."""
+        torch.distributed.barrier()
+        self.train_model = self.model
+        if self.owns_process_group:
+            torch.distributed.destroy_process_group()
+            self.owns_process_group = False
 
     def _stop_for_time(self, start: float) -> bool:
         over = loop.time_is_up(start, self.config.minutes)
