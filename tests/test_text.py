@@ -160,3 +160,50 @@ def test_cli_trains_on_captions_and_samples_a_prompt(tmp_path):
         assert main(["sample", str(run), "--prompt", "a purple circle", "--n", "1", "--steps", "2",
                      "--out", str(tmp_path / "purple.png")]) == 0
     assert "never saw in training are read as unknown: purple" in printed.getvalue()
+
+
+class RenderingDenoiser(torch.nn.Module):
+    """A text model that knows the answer: whatever the noise, its x0 is the rendered picture of
+    the caption its tokens spell (or of `fixed`, a caption it draws for every prompt)."""
+
+    def __init__(self, tokenizer: WordTokenizer, fixed: str | None = None):
+        from types import SimpleNamespace
+
+        from diffuse.process import EDM
+
+        super().__init__()
+        self.tokenizer, self.fixed = tokenizer, fixed
+        self.net = SimpleNamespace(config=SimpleNamespace(max_length=10))
+        self.process, self.prediction = EDM(), "x0"
+
+    def forward(self, x, t, tokens):
+        from diffuse.data.shapes import render
+
+        captions = [self.fixed or text for text in self.tokenizer.decode(tokens)]
+        return render(captions).to(x)
+
+
+def test_exact_caption_accuracy_reads_samples_back_against_their_captions():
+    from diffuse.training import exact_caption_accuracy
+
+    captions = load_dataset("shapes", "heldout", n=24).captions
+    tokenizer = WordTokenizer.fit(load_dataset("shapes", "train", n=500).captions)
+    config = TrainConfig(data="shapes", cond="text")
+    score = lambda model: exact_caption_accuracy(model, config, tokenizer, captions, (3, 32, 32), steps=4)  # noqa: E731
+    assert score(RenderingDenoiser(tokenizer)) == 1.0
+    one_picture = score(RenderingDenoiser(tokenizer, fixed=captions[0]))
+    assert one_picture == sum(c == captions[0] for c in captions) / len(captions) < 0.5
+
+
+def test_cli_eval_of_a_text_run_scores_seen_and_heldout_captions(tmp_path):
+    import json
+
+    from diffuse.cli import main
+
+    Trainer(shapes_config(), tmp_path / "run", dataset=load_dataset("shapes", "train", n=64), progress=False).fit()
+    out = tmp_path / "scores.json"
+    assert main(["eval", str(tmp_path / "run"), "--n", "3", "--steps", "2", "--guidance", "1", "--out", str(out)]) == 0
+    stored = json.loads(out.read_text())
+    assert set(stored["exact_caption_accuracy"]) == {"test", "heldout"} and stored["guidance"] == 1.0
+    assert all(0.0 <= v <= 1.0 for v in stored["exact_caption_accuracy"].values())
+    assert main(["eval", str(tmp_path / "run"), "--n", "1", "--classifier", str(tmp_path / "run")]) == 1

@@ -10,7 +10,7 @@ over diffuse.training.
     diffuse sample RUN --n N [--labels 0-9 | 3,5,7 | --prompt TEXT] [--sampler NAME --steps K --guidance W]
                    [--classifier CLF_RUN --classifier-scale S] [--seed S] --out FILE.png | FILE.npz
     diffuse eval RUN [--n N] [--sampler NAME --steps K --guidance W] [--classifier CLF_RUN ...]
-                   [--out FILE.json]
+                   [--out FILE.json]      (a text run on shapes: exact-caption accuracy, seen and held-out)
 
 Distributed training: `torchrun --nproc_per_node=N -m diffuse train ...`.
 """
@@ -224,6 +224,8 @@ def _evaluate(args) -> int:
     from .training import generate, load_model
 
     model, config, data = load_model(args.run, ema=not args.no_ema, device=args.device or "cpu")
+    if "tokenizer" in data:
+        return _evaluate_captions(args, model, config, data)
     classifier = _classifier(args)
     test = load_dataset(data["spec"], "test")
     n = args.n or len(test)
@@ -243,6 +245,33 @@ def _evaluate(args) -> int:
             print(f"{key:<22}{scores[key]:>12.4g}{reference[key]:>12.4g}")
     if args.out:
         Path(args.out).write_text(json.dumps({"model": scores, "floor": reference}, indent=2))
+    return 0
+
+
+def _evaluate_captions(args, model, config, data) -> int:
+    """A text model: exact-caption accuracy on the test split's captions (combinations seen in
+    training) and on the held-out split's (combinations never seen), read back by the detector."""
+    from .data import load_dataset
+    from .data.splits import HELDOUT
+    from .text import WordTokenizer
+    from .training import exact_caption_accuracy
+
+    if data["spec"] != "shapes":
+        raise ValueError(f"scoring samples against their captions needs a detector, which only 'shapes' has; "
+                         f"this run was trained on {data['spec']!r}")
+    if args.classifier:
+        raise ValueError("--classifier guides towards class labels; this run is conditioned on text")
+    tokenizer = WordTokenizer.from_dict(data["tokenizer"])
+    scores = {}
+    for split, meaning in (("test", "seen combinations"), (HELDOUT, "held-out combinations")):
+        captions = load_dataset(data["spec"], split).captions
+        captions = [captions[i % len(captions)] for i in range(args.n or len(captions))]
+        scores[split] = exact_caption_accuracy(
+            model, config, tokenizer, captions, data["shape"], guidance=args.guidance, sampler=args.sampler,
+            steps=args.steps, schedule=args.schedule, seed=args.seed, device=args.device or "cpu")
+        print(f"exact-caption accuracy, {split} ({meaning}, {len(captions)} captions): {scores[split]:.4f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"exact_caption_accuracy": scores, "guidance": args.guidance}, indent=2))
     return 0
 
 
@@ -313,9 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="FILE.png (a grid) or FILE.npz (images, labels)")
     sample.set_defaults(handler=_sample)
 
-    evaluate = commands.add_parser("eval", help="score a trained run against the held-out split, beside the real-data floor")
+    evaluate = commands.add_parser("eval", help="score a trained run against the held-out split, beside the "
+                                               "real-data floor (a text run: exact-caption accuracy)")
     _sampling_arguments(evaluate)
-    evaluate.add_argument("--n", type=int, help="number of samples (default: the test split's size)")
+    evaluate.add_argument("--n", type=int,
+                          help="number of samples (per split for a text run; default: the split's size)")
     evaluate.add_argument("--out", help="also write the numbers to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
     return parser

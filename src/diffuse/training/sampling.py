@@ -88,6 +88,18 @@ def generate(model, config: TrainConfig, shape, n: int, *, labels: torch.Tensor 
     return torch.cat(out)
 
 
+def exact_caption_accuracy(model, config: TrainConfig, tokenizer: WordTokenizer, captions: list[str], shape,
+                           **sampling) -> float:
+    """One sample per caption from a text model, scored by the shapes detector: the share of
+    images read back as exactly their caption (each object's colour and shape, and the relation).
+    `sampling`: `generate`'s keywords (guidance, sampler, steps, schedule, seed, device, ...)."""
+    from ..data.shapes_detector import caption_accuracy
+
+    tokens = tokenizer.encode(captions, max_length=model.net.config.max_length)
+    images = generate(model, config, shape, len(captions), tokens=tokens, **sampling)
+    return caption_accuracy(images.clamp(-1, 1), captions)
+
+
 def check_classifier(classifier, model, draw_shape, decoder=None) -> None:
     """Raise unless `classifier` can guide `model`: the same process (at a given t another process
     has another noise level, so the classifier would read x_t at the wrong one), the shape of the
