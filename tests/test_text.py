@@ -12,6 +12,8 @@ from diffuse.text import WordTokenizer
 from diffuse.training import TrainConfig, Trainer
 
 UNET = {"kind": "unet", "in_channels": 3, "channels": 16, "channel_mults": [1, 2], "attention_levels": [1]}
+DIT = {"kind": "dit", "in_channels": 3, "image_size": 8, "patch_size": 2, "hidden": 32, "depth": 1, "num_heads": 2}
+POOLED = [{**UNET, "pooled_context": True}, {**DIT, "pooled_context": True}]
 
 
 def text_net(seed: int = 0, denoiser=UNET):
@@ -27,8 +29,7 @@ def perturbed(net):
     return net
 
 
-@pytest.mark.parametrize("denoiser", [UNET, {"kind": "dit", "in_channels": 3, "image_size": 8, "patch_size": 2,
-                                              "hidden": 32, "depth": 1, "num_heads": 2}])
+@pytest.mark.parametrize("denoiser", [UNET, DIT, *POOLED])
 def test_the_null_text_is_no_context_and_real_text_changes_the_output(denoiser):
     net = perturbed(text_net(denoiser=denoiser)).eval()
     x, level = torch.randn(3, 3, 8, 8), torch.tensor([-1.0, 0.0, 1.0])
@@ -43,9 +44,44 @@ def test_the_null_text_is_no_context_and_real_text_changes_the_output(denoiser):
     torch.testing.assert_close(padded, out[:1], atol=1e-5, rtol=1e-5)   # padding is masked out
 
 
-def test_a_fresh_text_network_ignores_the_text_until_trained():
-    # cross-attention branches start at zero, so text is added to a working network smoothly
-    net = text_net().eval()
+@pytest.mark.parametrize("denoiser", [UNET, DIT])
+def test_the_pooled_text_reaches_the_conditioning_vector_without_cross_attention(denoiser):
+    from diffuse.models.attention import CrossAttention
+
+    def silenced(pooled: bool):
+        """The network with every cross-attention's output zeroed: only the pooled text is left."""
+        net = perturbed(text_net(denoiser={**denoiser, "pooled_context": pooled})).eval()
+        for module in net.modules():
+            if isinstance(module, CrossAttention):
+                torch.nn.init.zeros_(module.proj.weight)
+                torch.nn.init.zeros_(module.proj.bias)
+        return net
+
+    x, level = torch.randn(2, 3, 8, 8), torch.zeros(2)
+    tokens = torch.tensor([[2, 5, 7, 3, 0, 0], [0, 0, 0, 0, 0, 0]])
+    plain = silenced(pooled=False)
+    torch.testing.assert_close(plain(x, level, tokens=tokens), plain(x, level))  # the control: no way in
+    net = silenced(pooled=True)
+    out, without = net(x, level, tokens=tokens), net(x, level)
+    assert (out[0] - without[0]).abs().amax() > 1e-3
+    torch.testing.assert_close(out[1], without[1])  # the null text adds nothing
+    # the mean runs over real tokens only: the same words padded to another length give the same
+    torch.testing.assert_close(net(x[:1], level[:1], tokens=tokens[:1, :4]), out[:1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("denoiser", [UNET, DIT])
+def test_pooled_context_needs_a_context_and_a_boolean(denoiser):
+    with pytest.raises(ValueError, match="pooled_context needs a context"):
+        build_network({**denoiser, "pooled_context": True})
+    with pytest.raises(ValueError, match="pooled_context must be true or false"):
+        build_network({**denoiser, "context_dim": 8, "pooled_context": "yes"})
+
+
+@pytest.mark.parametrize("denoiser", [UNET, POOLED[0]])
+def test_a_fresh_text_network_ignores_the_text_until_trained(denoiser):
+    # cross-attention branches and the pooled projection start at zero, so text is added to a
+    # working network smoothly
+    net = text_net(denoiser=denoiser).eval()
     for module in net.denoiser.modules():
         if hasattr(module, "output"):
             torch.nn.init.normal_(module.output.weight, std=0.1)

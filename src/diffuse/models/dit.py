@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .attention import CrossAttention, check_context, merge_heads, split_heads
 from .embeddings import ConditionEmbedding, sinusoidal_embedding
-from .validation import optional_num_classes, positive_int
+from .validation import optional_num_classes, pooled_context_needs_context, positive_int
 
 # Sinusoidal features of the noise level fed to the conditioning MLP. The input is one
 # scalar; 64 log-spaced frequencies over the range chosen in embeddings.py resolve it finely.
@@ -62,7 +62,9 @@ class DiTConfig:
     depth: transformer blocks. num_heads: attention heads. mlp_ratio: MLP width / hidden.
     num_classes: classes for conditioning (None: unconditional); row ``num_classes`` of
     the class table is the null class. context_dim: width of the cross-attention context
-    (None: no cross-attention). dropout: dropout on the attention and MLP branches.
+    (None: no cross-attention). pooled_context: also add the context's mean over its real
+    tokens, projected, to the conditioning vector. dropout: dropout on the attention and MLP
+    branches.
     """
 
     in_channels: int = 1
@@ -75,6 +77,7 @@ class DiTConfig:
     num_classes: int | None = None
     out_channels: int | None = None
     context_dim: int | None = None
+    pooled_context: bool = False
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
@@ -97,6 +100,7 @@ class DiTConfig:
         optional_num_classes(owner, self.num_classes)
         if self.context_dim is not None:
             positive_int(owner, "context_dim", self.context_dim)
+        pooled_context_needs_context(owner, self.pooled_context, self.context_dim)
         height, width = self.image_hw
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
@@ -311,7 +315,8 @@ class DiT(nn.Module):
         self.config = config
         c = config
         p = c.patch_size
-        self.condition = ConditionEmbedding(NOISE_FREQUENCY_DIM, c.hidden, c.num_classes)
+        self.condition = ConditionEmbedding(NOISE_FREQUENCY_DIM, c.hidden, c.num_classes,
+                                            c.context_dim if c.pooled_context else None)
         self.patch_embed = nn.Linear(c.in_channels * p * p, c.hidden)
         # Derived from the config, not learned, so it is not saved with the weights.
         self.register_buffer("position", position_embedding(*c.grid, c.hidden), persistent=False)
@@ -351,7 +356,7 @@ class DiT(nn.Module):
                 context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         self.check_input(x)
         check_context(self.config.context_dim, context, context_mask, x.shape[0])
-        cond = self.condition(noise_level, labels, x.shape[0])
+        cond = self.condition(noise_level, labels, x.shape[0], context, context_mask)
         h = self.patch_embed(patchify(x, self.config.patch_size)) + self.position.to(x.dtype)
         if context is not None:
             context = self.context_embed(context)

@@ -1,9 +1,11 @@
-"""Embeddings of the conditioning signals a denoiser receives: noise level and class label.
+"""Embeddings of the conditioning signals a denoiser receives: noise level, class label and,
+optionally, a pooled summary of a text context.
 
 The wrapper around a network passes ``c_noise = log(sigma / alpha) / 4``, a continuous
 scalar that lies roughly in [-4, 3] for the schedules we use. Both networks turn it into a
 vector with :func:`sinusoidal_embedding` followed by a small MLP, and add a learned class
-vector when the model is class-conditional.
+vector when the model is class-conditional, and a projection of the context's mean over its
+real tokens when built with ``pooled_context``.
 """
 
 from __future__ import annotations
@@ -133,23 +135,49 @@ def check_noise_level(noise_level: Tensor, batch_size: int) -> Tensor:
     return noise_level
 
 
+class PooledContextEmbedding(nn.Module):
+    """The mean of a context sequence over its real tokens, projected to ``dim``: a summary of the
+    whole caption that reaches every block through the conditioning vector (Imagen's pooled text
+    embedding), beside cross-attention, which reaches only the attention levels. A row without
+    real tokens (the null text of guidance) adds nothing, exactly as no context at all."""
+
+    def __init__(self, context_dim: int, dim: int):
+        super().__init__()
+        self.project = nn.Linear(context_dim, dim)
+        # Zero at first, like the cross-attention branches: text joins a working network smoothly.
+        nn.init.zeros_(self.project.weight)
+        nn.init.zeros_(self.project.bias)
+
+    def forward(self, context: Tensor, mask: Tensor | None) -> Tensor:
+        real = torch.ones(context.shape[:2], dtype=context.dtype, device=context.device) if mask is None \
+            else mask.to(context.dtype)
+        count = real.sum(dim=1, keepdim=True)
+        pooled = (context * real[..., None]).sum(dim=1) / count.clamp(min=1)
+        return self.project(pooled) * (count > 0).to(context.dtype)
+
+
 class ConditionEmbedding(nn.Module):
     """Everything a denoiser is conditioned on, summed into one vector of size ``dim``.
 
     Summing (rather than concatenating) keeps the width fixed whether or not the model is
-    class-conditional, so the blocks downstream do not care.
+    class- or text-conditional, so the blocks downstream do not care.
     """
 
-    def __init__(self, frequency_dim: int, dim: int, num_classes: int | None):
+    def __init__(self, frequency_dim: int, dim: int, num_classes: int | None,
+                 pooled_context_dim: int | None = None):
         super().__init__()
         self.noise = NoiseLevelEmbedding(frequency_dim, dim)
         self.classes = ClassEmbedding(num_classes, dim) if num_classes is not None else None
+        self.pooled = PooledContextEmbedding(pooled_context_dim, dim) if pooled_context_dim is not None else None
 
-    def forward(self, noise_level: Tensor, labels: Tensor | None, batch_size: int) -> Tensor:
+    def forward(self, noise_level: Tensor, labels: Tensor | None, batch_size: int,
+                context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         noise_level = check_noise_level(noise_level, batch_size)
         emb = self.noise(noise_level)
         if self.classes is not None:
             emb = emb + self.classes(labels, batch_size, emb.device)
         elif labels is not None:
             check_labels(labels, batch_size, None)  # raises: this model has no classes
+        if self.pooled is not None and context is not None:
+            emb = emb + self.pooled(context, context_mask).to(emb.dtype)
         return emb

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .attention import CrossAttention, check_context
 from .embeddings import ConditionEmbedding
-from .validation import int_tuple, optional_num_classes, positive_int
+from .validation import int_tuple, optional_num_classes, pooled_context_needs_context, positive_int
 
 
 @dataclass
@@ -41,7 +41,8 @@ class UNetConfig:
     dropout: dropout inside residual blocks. num_classes: classes for conditioning (None:
     unconditional); row ``num_classes`` of the class table is the null class.
     context_dim: width of a context sequence (a text encoder's output) that every attention
-    level also cross-attends to (None: no cross-attention).
+    level also cross-attends to (None: no cross-attention). pooled_context: also add the
+    context's mean over its real tokens, projected, to the conditioning vector of every block.
     norm_groups: GroupNorm groups, capped at ``channels``; every norm layer uses
     ``min(norm_groups, channels)`` groups, which must divide ``channels``.
     """
@@ -57,6 +58,7 @@ class UNetConfig:
     num_classes: int | None = None
     norm_groups: int = 32
     context_dim: int | None = None
+    pooled_context: bool = False
 
     def __post_init__(self) -> None:
         owner = "UNetConfig"
@@ -74,6 +76,7 @@ class UNetConfig:
             positive_int(owner, "context_dim", self.context_dim)
             if not self.attention_levels:
                 raise ValueError(f"{owner}: context_dim needs at least one attention level to cross-attend at")
+        pooled_context_needs_context(owner, self.pooled_context, self.context_dim)
         if not self.channel_mults:
             raise ValueError(f"{owner}.channel_mults must have at least one level")
         for mult in self.channel_mults:
@@ -226,7 +229,8 @@ def embedding_dim(c: UNetConfig) -> int:
 def condition_embedding(c: UNetConfig) -> ConditionEmbedding:
     # Sinusoidal features come in cos/sin pairs, hence the even count.
     frequency_dim = c.channels + c.channels % 2
-    return ConditionEmbedding(frequency_dim, embedding_dim(c), c.num_classes)
+    return ConditionEmbedding(frequency_dim, embedding_dim(c), c.num_classes,
+                              c.context_dim if c.pooled_context else None)
 
 
 def make_stage(c: UNetConfig, in_width: int, out_width: int, level: int, emb_dim: int) -> Stage:
@@ -323,7 +327,7 @@ class UNet(nn.Module):
                 context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         self.check_input(x)
         check_context(self.config.context_dim, context, context_mask, x.shape[0])
-        emb = self.condition(noise_level, labels, x.shape[0])
+        emb = self.condition(noise_level, labels, x.shape[0], context, context_mask)
         h = self.input(x)
         skips = [h]
         for module in self.down:

@@ -21,3 +21,10 @@ def int_tuple(owner: str, name: str, value: object) -> tuple[int, ...]:
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise ValueError(f"{owner}.{name} must contain only integers, got {value!r}")
     return tuple(value)
+
+
+def pooled_context_needs_context(owner: str, pooled_context: object, context_dim: int | None) -> None:
+    if not isinstance(pooled_context, bool):
+        raise ValueError(f"{owner}.pooled_context must be true or false, got {pooled_context!r}")
+    if pooled_context and context_dim is None:
+        raise ValueError(f"{owner}: pooled_context needs a context (set context_dim)")
