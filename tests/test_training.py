@@ -218,3 +218,11 @@ def test_learning_rate_schedules_warm_up_then_decay_to_zero_at_the_horizon():
         learning_rate(peak, 0, warmup, total, "step")
     with pytest.raises(ValueError, match="lr_schedule"):
         digits_config(lr_schedule="exponential")
+
+
+def test_the_progress_bar_redraws_sparingly_into_a_log_file(tmp_path, capsys):
+    # stderr is captured here, as a log file is: not a terminal, so no redraw for each step
+    Trainer(ring_config(steps=40, checkpoint_every=40, log_every=40), tmp_path / "run").fit()
+    drawn = capsys.readouterr().err
+    assert "40/40" in drawn  # the bar is there and finished
+    assert drawn.count("\r") <= 4, drawn

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -133,7 +134,10 @@ def run(trainer) -> None:
     bar = None
     if trainer.progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=config.steps, initial=trainer.step, unit="step", dynamic_ncols=True)
+        # Redrawn at most once a second on a terminal; into a log file every 30 s, not every step.
+        interval = 1.0 if sys.stderr.isatty() else 30.0
+        bar = tqdm(total=config.steps, initial=trainer.step, unit="step", dynamic_ncols=True,
+                   mininterval=interval, maxinterval=max(interval, 10.0))
     start = time.perf_counter() - trainer.elapsed
     window: list = []
     try:
@@ -145,7 +149,7 @@ def run(trainer) -> None:
             if bar is not None:
                 last = window[-1]
                 bar.update(1)
-                bar.set_postfix(loss=f"{last['loss'] if isinstance(last, dict) else last:.4f}")
+                bar.set_postfix(loss=f"{last['loss'] if isinstance(last, dict) else last:.4f}", refresh=False)
             if trainer.step % config.log_every == 0:
                 trainer._log(window)
                 window = []
