@@ -17,7 +17,8 @@ from diffuse.models import (
     dit_config,
     network_config,
 )
-from diffuse.models.dit import patchify, position_embedding, unpatchify
+from diffuse.models.dit import patchify, unpatchify
+from diffuse.models.embeddings import position_embedding
 
 # Small widths keep the file fast; the named sizes get their own test below.
 TINY = dict(hidden=32, depth=2, num_heads=2)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from diffuse.models import MLP, MLPConfig, UNet, UNetConfig, build_network, network_config
-from diffuse.models.embeddings import MAX_FREQUENCY, MIN_FREQUENCY, sinusoidal_embedding
-from diffuse.models.unet import SelfAttention
+from diffuse.models.embeddings import MAX_FREQUENCY, MIN_FREQUENCY, position_embedding, sinusoidal_embedding
+from diffuse.models.unet import PixelCrossAttention, SelfAttention, with_position_code
 
 # Small widths keep the file fast; the default configs get their own tests below.
 SMALL_UNET = dict(channels=16, norm_groups=8, num_heads=2)
@@ -99,6 +99,52 @@ def test_self_attention_matches_per_head_softmax():
         mixed = torch.cat(heads, dim=1).reshape(2, 8, 3, 5)
         expected = x + attention.proj(mixed)
         torch.testing.assert_close(attention(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_position_code_of_a_pixel_is_its_row_and_column_code():
+    code = with_position_code(torch.zeros(1, 8, 3, 5))[0]
+    table = position_embedding(3, 5, 8)
+    for row, column in [(0, 0), (0, 4), (2, 1), (1, 3)]:
+        torch.testing.assert_close(code[:, row, column], table[row * 5 + column])
+    features = torch.randn(2, 8, 3, 5)
+    torch.testing.assert_close(with_position_code(features), features + code)
+
+
+@pytest.mark.parametrize("kind", ["self", "cross"])
+def test_attention_tells_pixels_apart_only_with_the_position_code(kind):
+    # Without a position code, attention treats the pixels as a set: moving the picture (a
+    # cyclic shift, which GroupNorm's statistics do not see) moves the output with it. With
+    # the code, the same content at another place is attended to differently.
+    x, context = torch.randn(2, 8, 4, 6), torch.randn(2, 3, 5)
+
+    def shifted_output_gap(position_code: bool) -> float:
+        torch.manual_seed(1)
+        if kind == "self":
+            layer = SelfAttention(8, num_heads=2, groups=4, position_code=position_code)
+            run = layer
+        else:
+            layer = PixelCrossAttention(8, num_heads=2, groups=4, context_dim=5, position_code=position_code)
+            nn.init.normal_(layer.attention.proj.weight, std=0.3)  # live, not zero-initialised
+            run = lambda h: layer(h, context, None)  # noqa: E731
+        shift = lambda h: h.roll(shifts=(1, 2), dims=(2, 3))  # noqa: E731
+        with torch.no_grad():
+            return (run(shift(x)) - shift(run(x))).abs().amax().item()
+
+    assert shifted_output_gap(position_code=False) < 1e-5
+    assert shifted_output_gap(position_code=True) > 1e-2
+
+
+def test_a_unet_with_the_position_code_runs_and_round_trips():
+    config = {"kind": "unet", **SMALL_UNET, "in_channels": 3, "channel_mults": [1, 2], "position_code": True}
+    net = build_network(config)
+    perturb_output(net)
+    x, level = torch.randn(2, 3, 8, 8), torch.zeros(2)
+    rebuilt = build_network(network_config(net))
+    rebuilt.load_state_dict(net.state_dict())
+    torch.testing.assert_close(rebuilt(x, level), net(x, level))
+    plain = build_network({**config, "position_code": False})
+    plain.load_state_dict(net.state_dict())  # the code is fixed, not a weight
+    assert (plain(x, level) - net(x, level)).abs().amax() > 1e-4
 
 
 # ---------------------------------------------------------------- initialisation
@@ -280,6 +326,9 @@ def test_build_defaults():
         ({"kind": "unet", "channel_mults": []}, "at least one level"),
         ({"kind": "unet", "channel_mults": 2}, "channel_mults must be a list or tuple"),
         ({"kind": "unet", "dropout": 1.0}, "dropout must be a number in [0, 1)"),
+        ({"kind": "unet", "position_code": 1}, "position_code must be true or false"),
+        ({"kind": "unet", "channels": 6, "norm_groups": 3, "num_heads": 3, "channel_mults": [1, 1],
+          "position_code": True}, "width 6, not divisible by 4 as position_code needs"),
     ],
 )
 def test_bad_config_raises(config, message):

@@ -28,26 +28,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import CrossAttention, check_context, merge_heads, split_heads
-from .embeddings import ConditionEmbedding, sinusoidal_embedding
+from .embeddings import ConditionEmbedding, position_embedding
 from .validation import optional_num_classes, pooled_context_needs_context, positive_int
 
 # Sinusoidal features of the noise level fed to the conditioning MLP. The input is one
 # scalar; 64 log-spaced frequencies over the range chosen in embeddings.py resolve it finely.
 NOISE_FREQUENCY_DIM = 128
-
-# Frequency range of the patch-position code, in radians per patch. Positions are integers
-# 0..n-1 with n at most a few dozen here, not the thousands of a text model, so the usual
-# 1..1e-4 range would spend most features on phases that barely move across the image. At
-# 1/64 rad per patch the slowest sine is still increasing at n = 100, so the code is
-# one-to-one for any grid we use; at 1 rad per patch neighbouring patches differ by a
-# radian, well below the aliasing limit of pi.
-POSITION_MIN_FREQUENCY = 1 / 64
-POSITION_MAX_FREQUENCY = 1.0
 
 
 @dataclass
@@ -197,23 +187,6 @@ def unpatchify(tokens: Tensor, patch_size: int, height: int, width: int) -> Tens
     c = d // (p * p)
     x = tokens.reshape(b, gh, gw, c, p, p).permute(0, 3, 1, 4, 2, 5)
     return x.reshape(b, c, height, width)
-
-
-def position_embedding(grid_height: int, grid_width: int, dim: int) -> Tensor:
-    """Fixed code [gh * gw, dim] of each patch's (row, column), in :func:`patchify` order.
-
-    The first half of the features is the sinusoidal code of the row, the second half that
-    of the column, so attention can compare rows and columns separately.
-    """
-    if dim % 4:
-        raise ValueError(f"position embedding dim must be divisible by 4, got {dim}")
-    rows = torch.arange(grid_height, dtype=torch.float32).repeat_interleave(grid_width)
-    cols = torch.arange(grid_width, dtype=torch.float32).repeat(grid_height)
-    code = [
-        sinusoidal_embedding(v, dim // 2, POSITION_MIN_FREQUENCY, POSITION_MAX_FREQUENCY)
-        for v in (rows, cols)
-    ]
-    return torch.cat(code, dim=1)
 
 
 # ------------------------------------------------------------------------------ blocks

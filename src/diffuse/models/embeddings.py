@@ -58,6 +58,34 @@ def sinusoidal_embedding(
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=1)
 
 
+# Frequency range of the 2-D position code, in radians per grid cell (a DiT patch, a U-Net
+# pixel). Positions are integers 0..n-1 with n at most a few dozen here, not the thousands of
+# a text model, so the usual 1..1e-4 range would spend most features on phases that barely
+# move across the image. At 1/64 rad per cell the slowest sine is still increasing at
+# n = 100, so the code is one-to-one for any grid we use; at 1 rad per cell neighbouring
+# cells differ by a radian, well below the aliasing limit of pi.
+POSITION_MIN_FREQUENCY = 1 / 64
+POSITION_MAX_FREQUENCY = 1.0
+
+
+def position_embedding(grid_height: int, grid_width: int, dim: int) -> Tensor:
+    """Fixed code [gh * gw, dim] of each cell's (row, column), row-major order (as a
+    feature map [H, W] flattens, and as DiT patchifies).
+
+    The first half of the features is the sinusoidal code of the row, the second half that
+    of the column, so attention can compare rows and columns separately.
+    """
+    if dim % 4:
+        raise ValueError(f"position embedding dim must be divisible by 4, got {dim}")
+    rows = torch.arange(grid_height, dtype=torch.float32).repeat_interleave(grid_width)
+    cols = torch.arange(grid_width, dtype=torch.float32).repeat(grid_height)
+    code = [
+        sinusoidal_embedding(v, dim // 2, POSITION_MIN_FREQUENCY, POSITION_MAX_FREQUENCY)
+        for v in (rows, cols)
+    ]
+    return torch.cat(code, dim=1)
+
+
 class EmbeddingMLP(nn.Sequential):
     """Linear -> SiLU -> Linear: lifts fixed features into a learned conditioning vector."""
 

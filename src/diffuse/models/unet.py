@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import CrossAttention, check_context
-from .embeddings import ConditionEmbedding
-from .validation import int_tuple, optional_num_classes, pooled_context_needs_context, positive_int
+from .embeddings import ConditionEmbedding, position_embedding
+from .validation import boolean, int_tuple, optional_num_classes, pooled_context_needs_context, positive_int
 
 
 @dataclass
@@ -43,6 +43,10 @@ class UNetConfig:
     context_dim: width of a context sequence (a text encoder's output) that every attention
     level also cross-attends to (None: no cross-attention). pooled_context: also add the
     context's mean over its real tokens, projected, to the conditioning vector of every block.
+    position_code: every attention layer adds a fixed sinusoidal code of each pixel's (row,
+    column) to the normalised features it attends with, so attention, and the cross-attention
+    to a caption's words, can tell where a pixel is, not only what is there; each attention
+    level's width must then be divisible by 4.
     norm_groups: GroupNorm groups, capped at ``channels``; every norm layer uses
     ``min(norm_groups, channels)`` groups, which must divide ``channels``.
     """
@@ -59,6 +63,7 @@ class UNetConfig:
     norm_groups: int = 32
     context_dim: int | None = None
     pooled_context: bool = False
+    position_code: bool = False
 
     def __post_init__(self) -> None:
         owner = "UNetConfig"
@@ -77,6 +82,7 @@ class UNetConfig:
             if not self.attention_levels:
                 raise ValueError(f"{owner}: context_dim needs at least one attention level to cross-attend at")
         pooled_context_needs_context(owner, self.pooled_context, self.context_dim)
+        boolean(owner, "position_code", self.position_code)
         if not self.channel_mults:
             raise ValueError(f"{owner}.channel_mults must have at least one level")
         for mult in self.channel_mults:
@@ -105,6 +111,11 @@ class UNetConfig:
                 raise ValueError(
                     f"{owner}: attention level {level} has width {width}, "
                     f"not divisible by num_heads={self.num_heads}"
+                )
+            if self.position_code and width % 4:
+                raise ValueError(
+                    f"{owner}: attention level {level} has width {width}, not divisible by 4 as "
+                    f"position_code needs (cos/sin pairs for rows and for columns)"
                 )
 
     @property
@@ -144,19 +155,30 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+def with_position_code(features: Tensor) -> Tensor:
+    """features [B, C, H, W] plus the fixed code of each pixel's (row, column) in C features."""
+    _, c, h, w = features.shape
+    code = position_embedding(h, w, c).to(features).transpose(0, 1).reshape(1, c, h, w)
+    return features + code
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the pixels of a feature map, as a residual branch."""
 
-    def __init__(self, width: int, num_heads: int, groups: int):
+    def __init__(self, width: int, num_heads: int, groups: int, position_code: bool = False):
         super().__init__()
         self.num_heads = num_heads
+        self.position_code = position_code
         self.norm = group_norm(width, groups)
         self.qkv = nn.Conv2d(width, 3 * width, 1)
         self.proj = nn.Conv2d(width, width, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
+        features = self.norm(x)
+        if self.position_code:
+            features = with_position_code(features)
+        qkv = self.qkv(features).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
         # scaled_dot_product_attention wants [B, heads, tokens, head_dim].
         q, k, v = qkv.transpose(-1, -2).unbind(1)
         out = F.scaled_dot_product_attention(q, k, v)
@@ -169,8 +191,9 @@ class PixelCrossAttention(nn.Module):
     starts at zero (its output projection is zero-initialised), so adding text to a network
     starts from the network without it."""
 
-    def __init__(self, width: int, num_heads: int, groups: int, context_dim: int):
+    def __init__(self, width: int, num_heads: int, groups: int, context_dim: int, position_code: bool = False):
         super().__init__()
+        self.position_code = position_code
         self.norm = group_norm(width, groups)
         self.attention = CrossAttention(width, num_heads, context_dim)
         nn.init.zeros_(self.attention.proj.weight)
@@ -178,7 +201,10 @@ class PixelCrossAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
         b, c, h, w = x.shape
-        tokens = self.norm(x).reshape(b, c, h * w).transpose(1, 2)
+        features = self.norm(x)
+        if self.position_code:
+            features = with_position_code(features)
+        tokens = features.reshape(b, c, h * w).transpose(1, 2)
         out = self.attention(tokens, context, mask)
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
@@ -239,8 +265,8 @@ def make_stage(c: UNetConfig, in_width: int, out_width: int, level: int, emb_dim
         return Stage(res, None)
     cross = None
     if c.context_dim is not None:
-        cross = PixelCrossAttention(out_width, c.num_heads, c.groups, c.context_dim)
-    return Stage(res, SelfAttention(out_width, c.num_heads, c.groups), cross)
+        cross = PixelCrossAttention(out_width, c.num_heads, c.groups, c.context_dim, c.position_code)
+    return Stage(res, SelfAttention(out_width, c.num_heads, c.groups, c.position_code), cross)
 
 
 def down_path(c: UNetConfig, emb_dim: int) -> tuple[nn.ModuleList, list[int]]:

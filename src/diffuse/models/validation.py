@@ -23,8 +23,13 @@ def int_tuple(owner: str, name: str, value: object) -> tuple[int, ...]:
     return tuple(value)
 
 
+def boolean(owner: str, name: str, value: object) -> None:
+    # JSON's true/false only; 1 or "yes" is a mistake, not a switch.
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be true or false, got {value!r}")
+
+
 def pooled_context_needs_context(owner: str, pooled_context: object, context_dim: int | None) -> None:
-    if not isinstance(pooled_context, bool):
-        raise ValueError(f"{owner}.pooled_context must be true or false, got {pooled_context!r}")
+    boolean(owner, "pooled_context", pooled_context)
     if pooled_context and context_dim is None:
         raise ValueError(f"{owner}: pooled_context needs a context (set context_dim)")
