@@ -29,10 +29,13 @@ from diffuse.data.shapes import (
 )
 from diffuse.data.shapes_detector import (
     caption_accuracy,
+    caption_error,
+    caption_errors,
     caption_of,
     connected_components,
     detect,
     detect_batch,
+    error_mix,
     matches,
 )
 
@@ -279,17 +282,32 @@ def test_wrong_captions_do_not_match():
     image = render(["a red circle left of a blue square"], seed=3)[0]
     assert matches(image, "a red circle left of a blue square")
     assert matches(image, "a blue square right of a red circle")  # the same picture
-    for wrong in [
-        "a green circle left of a blue square",  # colour
-        "a red square left of a blue square",  # shape
-        "a red circle right of a blue square",  # relation swapped
-        "a blue square left of a red circle",  # objects swapped
-        "a red circle above a blue square",  # axis
-        "a red circle",  # count
+    objects = detect(image)
+    assert caption_error(objects, "a blue square right of a red circle") is None
+    for wrong, kind in [
+        ("a green circle left of a blue square", "colour"),
+        ("a red square left of a blue square", "shape"),
+        ("a blue circle left of a red square", "shape"),  # shapes swapped between the colours
+        ("a red circle right of a blue square", "relation"),  # relation swapped
+        ("a blue square left of a red circle", "relation"),  # objects swapped
+        ("a red circle above a blue square", "relation"),  # axis
+        ("a red circle", "count"),
+        ("a green square", "count"),  # the count is checked first
     ]:
         assert not matches(image, wrong), wrong
+        assert caption_error(objects, wrong) == kind, wrong
     with pytest.raises(ValueError, match="cannot parse"):
         matches(image, "a red blob")
+
+
+def test_the_error_mix_counts_what_each_image_got_wrong():
+    images = render(["a red circle left of a blue square", "a green triangle", "a red circle"], seed=3)
+    errors = caption_errors(images, ["a blue square right of a red circle", "a yellow triangle",
+                                     "a red circle above a blue square"])
+    assert errors == [None, "colour", "count"]
+    assert error_mix(errors) == {"exact": 1 / 3, "count": 1 / 3, "colour": 1 / 3, "shape": 0.0, "relation": 0.0}
+    with pytest.raises(ValueError, match="at least one"):
+        error_mix([])
 
 
 def test_shuffled_captions_score_low(test_split):

@@ -242,4 +242,8 @@ def test_cli_eval_of_a_text_run_scores_seen_and_heldout_captions(tmp_path):
     stored = json.loads(out.read_text())
     assert set(stored["exact_caption_accuracy"]) == {"test", "heldout"} and stored["guidance"] == 1.0
     assert all(0.0 <= v <= 1.0 for v in stored["exact_caption_accuracy"].values())
+    for split, outcomes in stored["outcomes"].items():  # the share of each first error, and of exact
+        assert set(outcomes) == {"exact", "count", "colour", "shape", "relation"}
+        assert outcomes["exact"] == stored["exact_caption_accuracy"][split]
+        assert sum(outcomes.values()) == pytest.approx(1.0)
     assert main(["eval", str(tmp_path / "run"), "--n", "1", "--classifier", str(tmp_path / "run")]) == 1

@@ -254,7 +254,8 @@ def _evaluate_captions(args, model, config, data) -> int:
     from .data import load_dataset
     from .data.splits import HELDOUT
     from .text import WordTokenizer
-    from .training import exact_caption_accuracy
+    from .data.shapes_detector import error_mix
+    from .training import sample_caption_errors
 
     if data["spec"] != "shapes":
         raise ValueError(f"scoring samples against their captions needs a detector, which only 'shapes' has; "
@@ -262,16 +263,21 @@ def _evaluate_captions(args, model, config, data) -> int:
     if args.classifier:
         raise ValueError("--classifier guides towards class labels; this run is conditioned on text")
     tokenizer = WordTokenizer.from_dict(data["tokenizer"])
-    scores = {}
+    mixes = {}
     for split, meaning in (("test", "seen combinations"), (HELDOUT, "held-out combinations")):
         captions = load_dataset(data["spec"], split).captions
         captions = [captions[i % len(captions)] for i in range(args.n or len(captions))]
-        scores[split] = exact_caption_accuracy(
+        errors = sample_caption_errors(
             model, config, tokenizer, captions, data["shape"], guidance=args.guidance, sampler=args.sampler,
             steps=args.steps, schedule=args.schedule, seed=args.seed, device=args.device or "cpu")
-        print(f"exact-caption accuracy, {split} ({meaning}, {len(captions)} captions): {scores[split]:.4f}")
+        mixes[split] = mix = error_mix(errors)
+        wrong = ", ".join(f"{kind} {share:.3f}" for kind, share in mix.items() if kind != "exact")
+        print(f"exact-caption accuracy, {split} ({meaning}, {len(captions)} captions): {mix['exact']:.4f}"
+              f"  (first error: {wrong})")
     if args.out:
-        Path(args.out).write_text(json.dumps({"exact_caption_accuracy": scores, "guidance": args.guidance}, indent=2))
+        scores = {split: mix["exact"] for split, mix in mixes.items()}
+        Path(args.out).write_text(json.dumps({"exact_caption_accuracy": scores, "outcomes": mixes,
+                                              "guidance": args.guidance}, indent=2))
     return 0
 
 

@@ -165,11 +165,30 @@ def _as_caption(caption: str | Caption) -> Caption:
     return caption if isinstance(caption, Caption) else parse_caption(caption)
 
 
+# What an image got wrong first, in this order: a caption is checked for its number of
+# objects, then their colours, then their shapes, then the relation. "shape" covers shapes
+# swapped between the two objects, and "relation" both a swapped pair and the wrong axis.
+ERROR_KINDS = ("count", "colour", "shape", "relation")
+
+
+def caption_error(objects: Sequence[DetectedObject], caption: str | Caption) -> str | None:
+    """The first of ERROR_KINDS that detected objects get wrong against the caption, or None
+    when they show exactly the caption (any wording of the picture)."""
+    wanted = _as_caption(caption)
+    found = describe(objects)
+    if found is None or len(found.objects) != len(wanted.objects):
+        return "count"
+    if sorted(o.colour for o in found.objects) != sorted(o.colour for o in wanted.objects):
+        return "colour"
+    if sorted(map(str, found.objects)) != sorted(map(str, wanted.objects)):
+        return "shape"
+    return None if found == wanted.canonical() else "relation"
+
+
 def objects_match(objects: Sequence[DetectedObject], caption: str | Caption) -> bool:
     """Whether detected objects are exactly the caption: the same number of objects,
     colours and shapes, and the relation. Any wording of the picture matches."""
-    found = describe(objects)
-    return found is not None and found == _as_caption(caption).canonical()
+    return caption_error(objects, caption) is None
 
 
 def matches(image: torch.Tensor | np.ndarray, caption: str | Caption) -> bool:
@@ -177,17 +196,34 @@ def matches(image: torch.Tensor | np.ndarray, caption: str | Caption) -> bool:
     return objects_match(detect(image), caption)
 
 
+def caption_errors(
+    images: torch.Tensor | np.ndarray, captions: Sequence[str | Caption], batch_size: int = 500
+) -> list[str | None]:
+    """For each image [N, 3, H, W], what it gets wrong against its caption (one of
+    ERROR_KINDS), or None where it shows exactly its caption."""
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    if len(captions) == 0:
+        raise ValueError("scoring against captions needs at least one image")
+    wanted = [_as_caption(c) for c in captions]  # bad captions fail before any detection
+    errors: list[str | None] = []
+    for start in range(0, len(wanted), batch_size):
+        found = detect_batch(images[start : start + batch_size])
+        errors += [caption_error(objs, c) for objs, c in zip(found, wanted[start : start + batch_size])]
+    return errors
+
+
 def caption_accuracy(
     images: torch.Tensor | np.ndarray, captions: Sequence[str | Caption], batch_size: int = 500
 ) -> float:
     """The share of images [N, 3, H, W] that show exactly their caption."""
-    if len(images) != len(captions):
-        raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    if len(captions) == 0:
-        raise ValueError("caption_accuracy needs at least one image")
-    wanted = [_as_caption(c) for c in captions]  # bad captions fail before any detection
-    hits = 0
-    for start in range(0, len(wanted), batch_size):
-        found = detect_batch(images[start : start + batch_size])
-        hits += sum(objects_match(objs, c) for objs, c in zip(found, wanted[start : start + batch_size]))
-    return hits / len(wanted)
+    errors = caption_errors(images, captions, batch_size)
+    return errors.count(None) / len(errors)
+
+
+def error_mix(errors: Sequence[str | None]) -> dict[str, float]:
+    """The share of each outcome in `errors` (caption_errors' list): "exact", then each of
+    ERROR_KINDS."""
+    if not errors:
+        raise ValueError("error_mix needs at least one outcome")
+    return {kind: errors.count(None if kind == "exact" else kind) / len(errors) for kind in ("exact", *ERROR_KINDS)}

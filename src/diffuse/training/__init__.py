@@ -6,11 +6,12 @@ from .autoencoder import (AutoencoderTrainConfig, AutoencoderTrainer, LatentCode
                           open_autoencoder, train_autoencoder)
 from .classifier import ClassifierTrainConfig, ClassifierTrainer, load_classifier, train_classifier
 from .config import TrainConfig, default_network
-from .sampling import exact_caption_accuracy, generate
+from .sampling import exact_caption_accuracy, generate, sample_caption_errors
 from .loop import NonFiniteLossError
 from .trainer import Trainer, build_model, load_model, train
 
 __all__ = ["TrainConfig", "default_network", "Trainer", "train", "build_model", "load_model",
-           "generate", "exact_caption_accuracy", "NonFiniteLossError", "AutoencoderTrainConfig", "AutoencoderTrainer",
+           "generate", "exact_caption_accuracy", "sample_caption_errors", "NonFiniteLossError",
+           "AutoencoderTrainConfig", "AutoencoderTrainer",
            "train_autoencoder", "load_autoencoder", "open_autoencoder", "LatentCodec",
            "ClassifierTrainConfig", "ClassifierTrainer", "train_classifier", "load_classifier"]

@@ -88,16 +88,25 @@ def generate(model, config: TrainConfig, shape, n: int, *, labels: torch.Tensor 
     return torch.cat(out)
 
 
-def exact_caption_accuracy(model, config: TrainConfig, tokenizer: WordTokenizer, captions: list[str], shape,
-                           **sampling) -> float:
-    """One sample per caption from a text model, scored by the shapes detector: the share of
-    images read back as exactly their caption (each object's colour and shape, and the relation).
+def sample_caption_errors(model, config: TrainConfig, tokenizer: WordTokenizer, captions: list[str], shape,
+                          **sampling) -> list[str | None]:
+    """One sample per caption from a text model, read back by the shapes detector: for each, None
+    where it shows exactly its caption, else what it gets wrong first (one of the detector's
+    ERROR_KINDS: count, colour, shape, relation).
     `sampling`: `generate`'s keywords (guidance, sampler, steps, schedule, seed, device, ...)."""
-    from ..data.shapes_detector import caption_accuracy
+    from ..data.shapes_detector import caption_errors
 
     tokens = tokenizer.encode(captions, max_length=model.net.config.max_length)
     images = generate(model, config, shape, len(captions), tokens=tokens, **sampling)
-    return caption_accuracy(images.clamp(-1, 1), captions)
+    return caption_errors(images.clamp(-1, 1), captions)
+
+
+def exact_caption_accuracy(model, config: TrainConfig, tokenizer: WordTokenizer, captions: list[str], shape,
+                           **sampling) -> float:
+    """The share of `sample_caption_errors`' samples read back as exactly their caption (each
+    object's colour and shape, and the relation)."""
+    errors = sample_caption_errors(model, config, tokenizer, captions, shape, **sampling)
+    return errors.count(None) / len(errors)
 
 
 def check_classifier(classifier, model, draw_shape, decoder=None) -> None:
