@@ -74,11 +74,18 @@ def test_train_resume_extends_the_run(tmp_path):
     assert "trained 5 steps" in out and latest_checkpoint(tmp_path).name == "step-00000005"
 
 
+def test_train_stores_the_time_options_given(tmp_path):
+    options = ["--data", "ring", "--network", json.dumps(MLP), "--time-sampling", "logit_normal"]
+    assert train(tmp_path, *options, "--time-options", '{"logit_mean": 0.5}')[0] == 0
+    assert load_model(tmp_path)[1].time_options == {"logit_mean": 0.5}
+
+
 @pytest.mark.parametrize("options, message", [
     (["--data", "nonsense"], "unknown data set 'nonsense'"),
     (["--data", "digits", "--network", "{not json"], "Expecting property name"),
     (["--data", "digits", "--cond", "class", "--network", unet_json(None)], "num_classes=10"),
     (["--data", "ring", "--batch-size", 0], "batch_size must be positive"),
+    (["--data", "ring", "--time-options", '{"p_men": 0}'], "'log_normal' has no option(s) ['p_men']"),
 ])
 def test_train_errors_exit_1_with_a_message(tmp_path, options, message):
     code, _, err = train(tmp_path / "run", *options)

@@ -95,6 +95,39 @@ def test_time_sampling():
     assert float(t.min()) >= VP().t_min and float(t.max()) <= 1
 
 
+def test_time_options_move_the_noise_levels_a_loss_trains_at():
+    process, seen = EDM(), []
+
+    def model(x, t):
+        seen.append(t)
+        return torch.zeros_like(x)
+
+    x0 = torch.zeros(50_000, 1)
+    for p_mean in (-1.2, 0.5):
+        DenoisingLoss(process, "x0", "edm", "log_normal", time_options={"p_mean": p_mean})(
+            model, x0, generator=torch.Generator().manual_seed(9))
+        assert float(torch.log(process.sigma(seen[-1])).mean()) == pytest.approx(p_mean, abs=0.03)
+    logit = DenoisingLoss(Flow(), "velocity", time_sampling="logit_normal",
+                          time_options={"logit_mean": 1.0, "logit_std": 0.5})
+    logit(model, x0, generator=torch.Generator().manual_seed(10))
+    assert float(torch.logit(seen[-1]).mean()) == pytest.approx(1.0, abs=0.02)
+    assert float(torch.logit(seen[-1]).std()) == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("method, options, message", [
+    ("log_normal", {"logit_mean": 0.0}, "'log_normal' has no option(s) ['logit_mean']"),
+    ("uniform", {"p_mean": 0.0}, "it takes none"),
+    ("log_normal", {"p_std": 0.0}, "p_std must be a positive number"),
+    ("logit_normal", {"logit_mean": float("inf")}, "logit_mean must be a finite number"),
+    ("log_normal", {"p_mean": True}, "p_mean must be a finite number"),
+    ("log_normal", [("p_mean", 0.0)], "time_options must be a dict"),
+])
+def test_bad_time_options_are_refused(method, options, message):
+    with pytest.raises(ValueError) as error:
+        DenoisingLoss(EDM(), "x0", "edm", method, time_options=options)
+    assert message in str(error.value)
+
+
 def test_uniform_log_snr_time_sampling_covers_the_process_range_evenly():
     g = torch.Generator().manual_seed(8)
     for process in (EDM(), VP(), Flow()):

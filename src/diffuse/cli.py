@@ -72,6 +72,8 @@ def _train(args) -> int:
             overrides[name] = value
     if args.network:
         overrides["network"] = json.loads(args.network)
+    if args.time_options:
+        overrides["time_options"] = json.loads(args.time_options)
     data = args.data
     if args.latent:
         overrides["latent"] = args.latent
@@ -299,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preconditioning", choices=["none", "edm"])
     train.add_argument("--weighting", choices=["simple", "min_snr", "edm"])
     train.add_argument("--time-sampling", dest="time_sampling", choices=["uniform", "log_normal", "logit_normal"])
+    train.add_argument("--time-options", dest="time_options",
+                       help='the time sampling\'s parameters as JSON, e.g. \'{"p_mean": -0.4}\' '
+                            '(log_normal: p_mean, p_std; logit_normal: logit_mean, logit_std)')
     train.add_argument("--network", help='network config as JSON, e.g. \'{"kind": "unet", "channels": 64}\'')
     _run_arguments(train)
     train.add_argument("--lr-schedule", dest="lr_schedule", choices=["constant", "cosine", "linear"],

@@ -14,7 +14,9 @@
 - `time_sampling`: how t is drawn.
     uniform       t ~ U(t_min, 1); discrete processes draw their integer steps uniformly
     log_normal    log rho ~ N(p_mean, p_std^2), EDM's noise-level distribution
-    logit_normal  t = sigmoid(N(m, s^2)), the flow-matching choice of Esser et al. 2024
+    logit_normal  t = sigmoid(N(logit_mean, logit_std^2)), the flow-matching choice of Esser et al. 2024
+  `time_options` sets those parameters; a larger p_mean or logit_mean trains more at high noise,
+  where a sample's layout is decided.
     uniform_log_snr  log-SNR uniform over the process's range [t_min, t_max] (cut to |log-SNR| <= 15
                   where an end is infinite): every decade of noise gets the same share; the
                   noise-aware classifier's default (training/classifier.py says why)
@@ -24,6 +26,7 @@ A loss object holds only these choices; calling it is a pure function of (model,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +39,31 @@ TIME_SAMPLINGS = ("uniform", "log_normal", "logit_normal", "uniform_log_snr")
 # |log-SNR| beyond this is clean or pure noise for any data of about unit scale (sigma/alpha below
 # e^-7.5 ~ 6e-4 or above e^7.5 ~ 1800); it bounds the infinite end of Flow's range (t = 1).
 LOG_SNR_BOUND = 15.0
+
+
+# Each time sampling's own parameters, which `time_options` may set (the defaults: EDM's -1.2
+# and 1.2, and the standard logit-normal).
+TIME_OPTIONS = {"uniform": (), "log_normal": ("p_mean", "p_std"), "logit_normal": ("logit_mean", "logit_std"),
+                "uniform_log_snr": ()}
+
+
+def check_time_options(method: str, options: object) -> None:
+    """Raise unless `options` is a dict of the parameters `method` has, each a finite number
+    (a standard deviation a positive one)."""
+    if method not in TIME_SAMPLINGS:
+        raise ValueError(f"unknown time sampling {method!r}; choose one of {TIME_SAMPLINGS}")
+    if not isinstance(options, dict):
+        raise ValueError(f"time_options must be a dict, got {options!r}")
+    allowed = TIME_OPTIONS[method]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"time sampling {method!r} has no option(s) {unknown}; "
+                         f"it takes {list(allowed) or 'none'}")
+    for name, value in options.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or (name.endswith("std") and value <= 0):
+            kind = "a positive number" if name.endswith("std") else "a finite number"
+            raise ValueError(f"time option {name} must be {kind}, got {value!r}")
 
 
 def sample_times(process: GaussianPath, batch: int, method: str = "uniform",
@@ -91,8 +119,7 @@ class DenoisingLoss:
         check_prediction(self.prediction)
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {WEIGHTINGS}")
-        if self.time_sampling not in TIME_SAMPLINGS:
-            raise ValueError(f"unknown time sampling {self.time_sampling!r}; choose one of {TIME_SAMPLINGS}")
+        check_time_options(self.time_sampling, self.time_options)
         if self.sigma_data is None:
             self.sigma_data = self.process.sigma_data if isinstance(self.process, EDM) else 0.5
 

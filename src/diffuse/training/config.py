@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..objectives import check_time_options
 from .loop import LR_SCHEDULES
 
 
@@ -44,6 +45,7 @@ class TrainConfig(JSONConfig):
     sigma_data: float | None = None      # None: the standard deviation of the training data
     weighting: str = "edm"
     time_sampling: str = "log_normal"
+    time_options: dict = field(default_factory=dict)  # the sampling's parameters: p_mean, p_std / logit_mean, logit_std
     label_dropout: float = 0.1           # labels (captions) replaced by the null class (text), for guidance
     # optimisation
     batch_size: int = 128
@@ -76,6 +78,7 @@ class TrainConfig(JSONConfig):
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        check_time_options(self.time_sampling, self.time_options)
         if self.minutes is not None and self.minutes <= 0:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
         if self.latent is not None and (not isinstance(self.latent, str) or not self.latent):

@@ -177,7 +177,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.loss_fn = DenoisingLoss(self.model.process, config.prediction, config.weighting,
-                                     config.time_sampling, sigma_data=config.sigma_data)
+                                     config.time_sampling, sigma_data=config.sigma_data,
+                                     time_options=config.time_options)
         self.batches_per_epoch = len(self.data) // config.batch_size
         if self.batches_per_epoch < 1:
             raise ValueError(f"batch_size {config.batch_size} exceeds the {len(self.data)} training examples")
