@@ -68,7 +68,7 @@ POSITION_MIN_FREQUENCY = 1 / 64
 POSITION_MAX_FREQUENCY = 1.0
 
 
-def position_embedding(grid_height: int, grid_width: int, dim: int) -> Tensor:
+def position_embedding(grid_height: int, grid_width: int, dim: int, device: torch.device | str | None = None) -> Tensor:
     """Fixed code [gh * gw, dim] of each cell's (row, column), row-major order (as a
     feature map [H, W] flattens, and as DiT patchifies).
 
@@ -77,8 +77,8 @@ def position_embedding(grid_height: int, grid_width: int, dim: int) -> Tensor:
     """
     if dim % 4:
         raise ValueError(f"position embedding dim must be divisible by 4, got {dim}")
-    rows = torch.arange(grid_height, dtype=torch.float32).repeat_interleave(grid_width)
-    cols = torch.arange(grid_width, dtype=torch.float32).repeat(grid_height)
+    rows = torch.arange(grid_height, dtype=torch.float32, device=device).repeat_interleave(grid_width)
+    cols = torch.arange(grid_width, dtype=torch.float32, device=device).repeat(grid_height)
     code = [
         sinusoidal_embedding(v, dim // 2, POSITION_MIN_FREQUENCY, POSITION_MAX_FREQUENCY)
         for v in (rows, cols)

@@ -158,7 +158,8 @@ class ResBlock(nn.Module):
 def with_position_code(features: Tensor) -> Tensor:
     """features [B, C, H, W] plus the fixed code of each pixel's (row, column) in C features."""
     _, c, h, w = features.shape
-    code = position_embedding(h, w, c).to(features).transpose(0, 1).reshape(1, c, h, w)
+    # Built where the features are: a U-Net takes any size, so the code is not a fixed buffer.
+    code = position_embedding(h, w, c, features.device).to(features.dtype).transpose(0, 1).reshape(1, c, h, w)
     return features + code
 
 
