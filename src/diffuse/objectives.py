@@ -15,11 +15,11 @@
     uniform       t ~ U(t_min, 1); discrete processes draw their integer steps uniformly
     log_normal    log rho ~ N(p_mean, p_std^2), EDM's noise-level distribution
     logit_normal  t = sigmoid(N(logit_mean, logit_std^2)), the flow-matching choice of Esser et al. 2024
-  `time_options` sets those parameters; a larger p_mean or logit_mean trains more at high noise,
-  where a sample's layout is decided.
     uniform_log_snr  log-SNR uniform over the process's range [t_min, t_max] (cut to |log-SNR| <= 15
                   where an end is infinite): every decade of noise gets the same share; the
                   noise-aware classifier's default (training/classifier.py says why)
+  `time_options` sets those parameters; a larger p_mean or logit_mean trains more at high noise,
+  where a sample's layout is decided.
 
 A loss object holds only these choices; calling it is a pure function of (model, x0, cond, generator).
 """
