@@ -217,8 +217,7 @@ def caption_accuracy(
     images: torch.Tensor | np.ndarray, captions: Sequence[str | Caption], batch_size: int = 500
 ) -> float:
     """The share of images [N, 3, H, W] that show exactly their caption."""
-    errors = caption_errors(images, captions, batch_size)
-    return errors.count(None) / len(errors)
+    return error_mix(caption_errors(images, captions, batch_size))["exact"]
 
 
 def error_mix(errors: Sequence[str | None]) -> dict[str, float]:

@@ -163,6 +163,13 @@ def with_position_code(features: Tensor) -> Tensor:
     return features + code
 
 
+def attention_features(norm: nn.GroupNorm, x: Tensor, position_code: bool) -> Tensor:
+    """What an attention layer attends with: the normalised feature map, with the pixels'
+    position code when the layer has one."""
+    features = norm(x)
+    return with_position_code(features) if position_code else features
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the pixels of a feature map, as a residual branch."""
 
@@ -176,9 +183,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        features = self.norm(x)
-        if self.position_code:
-            features = with_position_code(features)
+        features = attention_features(self.norm, x, self.position_code)
         qkv = self.qkv(features).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
         # scaled_dot_product_attention wants [B, heads, tokens, head_dim].
         q, k, v = qkv.transpose(-1, -2).unbind(1)
@@ -202,10 +207,7 @@ class PixelCrossAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
         b, c, h, w = x.shape
-        features = self.norm(x)
-        if self.position_code:
-            features = with_position_code(features)
-        tokens = features.reshape(b, c, h * w).transpose(1, 2)
+        tokens = attention_features(self.norm, x, self.position_code).reshape(b, c, h * w).transpose(1, 2)
         out = self.attention(tokens, context, mask)
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 

@@ -105,8 +105,9 @@ def exact_caption_accuracy(model, config: TrainConfig, tokenizer: WordTokenizer,
                            **sampling) -> float:
     """The share of `sample_caption_errors`' samples read back as exactly their caption (each
     object's colour and shape, and the relation)."""
-    errors = sample_caption_errors(model, config, tokenizer, captions, shape, **sampling)
-    return errors.count(None) / len(errors)
+    from ..data.shapes_detector import error_mix
+
+    return error_mix(sample_caption_errors(model, config, tokenizer, captions, shape, **sampling))["exact"]
 
 
 def check_classifier(classifier, model, draw_shape, decoder=None) -> None:
