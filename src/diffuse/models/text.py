@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .validation import positive_int
 
 PAD_ID = 0  # diffuse.text.WordTokenizer.pad_id
+EMBEDDING_STD = 0.02  # initial scale of word and position embeddings alike
 
 
 @dataclass
@@ -55,8 +56,15 @@ class TextEncoder(nn.Module):
     def __init__(self, vocab_size: int, max_length: int, width: int, layers: int, num_heads: int):
         super().__init__()
         self.max_length = max_length
+        # Words and positions start on one scale. nn.Embedding's default N(0, 1) would make
+        # words ~50x louder than positions, so "a red circle left of a blue square" and "a
+        # blue circle left of a red square" (the same bag of words) would reach the layers
+        # nearly alike, and a jointly trained model learns which word binds to which only slowly.
         self.token = nn.Embedding(vocab_size, width, padding_idx=PAD_ID)
-        self.position = nn.Parameter(torch.randn(max_length, width) * 0.02)
+        nn.init.normal_(self.token.weight, std=EMBEDDING_STD)
+        with torch.no_grad():
+            self.token.weight[PAD_ID].zero_()
+        self.position = nn.Parameter(torch.randn(max_length, width) * EMBEDDING_STD)
         layer = nn.TransformerEncoderLayer(width, num_heads, 4 * width, dropout=0.0, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
