@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..objectives import check_time_options
+from ..objectives import DenoisingLoss, check_time_options
 from .loop import LR_SCHEDULES
 
 
@@ -83,6 +83,11 @@ class TrainConfig(JSONConfig):
             raise ValueError(f"minutes must be positive, got {self.minutes}")
         if self.latent is not None and (not isinstance(self.latent, str) or not self.latent):
             raise ValueError(f"latent must be the path of an autoencoder run, got {self.latent!r}")
+
+    def denoising_loss(self, process) -> DenoisingLoss:
+        """The objective this config trains on, over `process` (the model's Gaussian path)."""
+        return DenoisingLoss(process, self.prediction, self.weighting, self.time_sampling,
+                             sigma_data=self.sigma_data, time_options=self.time_options)
 
 
 CONDITIONS = ("none", "class", "text")

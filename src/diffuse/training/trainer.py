@@ -23,7 +23,6 @@ from .. import checkpoint as ckpt
 from ..data import Dataset, load_dataset
 from ..denoiser import Denoiser
 from ..models import build_network, text_network
-from ..objectives import DenoisingLoss
 from ..process import process_from_config
 from ..text import WordTokenizer
 from . import loop
@@ -176,9 +175,7 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
-        self.loss_fn = DenoisingLoss(self.model.process, config.prediction, config.weighting,
-                                     config.time_sampling, sigma_data=config.sigma_data,
-                                     time_options=config.time_options)
+        self.loss_fn = config.denoising_loss(self.model.process)
         self.batches_per_epoch = len(self.data) // config.batch_size
         if self.batches_per_epoch < 1:
             raise ValueError(f"batch_size {config.batch_size} exceeds the {len(self.data)} training examples")
