@@ -10,6 +10,7 @@ import torch
 
 from diffuse.data import Dataset, load_dataset, load_shapes
 from diffuse.data.shapes import (
+    ALTERATIONS,
     COLOURS,
     GAP,
     IMAGE_SIZE,
@@ -110,6 +111,22 @@ def test_caption_structure_is_validated():
         Caption((Item("red", "circle"), Item("blue", "square")), "near")
     with pytest.raises(ValueError, match="one or two"):
         Caption((Item("red", "circle"),) * 3, "above")
+
+
+def test_an_alteration_binds_the_same_words_another_way():
+    caption = parse_caption("a red circle left of a blue square")
+    assert str(caption.altered("colours")) == "a blue circle left of a red square"
+    assert str(caption.altered("shapes")) == "a red square left of a blue circle"
+    assert str(caption.altered("relation")) == "a red circle right of a blue square"
+    for part in ALTERATIONS:  # each shows another picture, and undoing it gives the caption back
+        assert caption.altered(part).canonical() != caption.canonical()
+        assert caption.altered(part).altered(part) == caption
+    same_colour = parse_caption("a red circle above a red square")
+    assert same_colour.altered("colours").canonical() == same_colour.canonical()
+    with pytest.raises(ValueError, match="unknown alteration"):
+        caption.altered("size")
+    with pytest.raises(ValueError, match="one-object caption"):
+        parse_caption("a red circle").altered("colours")
 
 
 def test_mirrored_wording_describes_the_same_picture():

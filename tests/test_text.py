@@ -22,11 +22,11 @@ def text_net(seed: int = 0, denoiser=UNET):
     return build_network(text_network(denoiser, vocab_size=12, max_length=6, width=32, layers=1))
 
 
-def perturbed(net):
+def perturbed(net, scale: float = 0.05):
     """The network with every parameter nudged, so zero-initialised branches are live."""
     with torch.no_grad():
         for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(scale * torch.randn_like(p))
     return net
 
 
@@ -264,4 +264,35 @@ def test_cli_eval_of_a_text_run_scores_seen_and_heldout_captions(tmp_path):
         assert set(outcomes) == {"exact", "count", "colour", "shape", "relation"}
         assert outcomes["exact"] == stored["exact_caption_accuracy"][split]
         assert sum(outcomes.values()) == pytest.approx(1.0)
+    for rise in stored["loss_rise"].values():  # the loss with each caption altered, or the null text
+        assert set(rise) == {"colours", "shapes", "relation", "null"}
+        assert isinstance(rise["null"], float)
     assert main(["eval", str(tmp_path / "run"), "--n", "1", "--classifier", str(tmp_path / "run")]) == 1
+
+
+def test_the_loss_rise_is_zero_for_a_bag_of_words_model_and_not_with_word_order():
+    from diffuse.denoiser import Denoiser
+    from diffuse.process import EDM
+    from diffuse.training import caption_loss_rise
+
+    data = load_dataset("shapes", "heldout", n=6)  # two objects, colours and shapes mostly distinct
+    tokenizer = WordTokenizer.fit(data.captions)
+    torch.manual_seed(0)
+    net = perturbed(build_network(text_network(UNET, vocab_size=len(tokenizer), max_length=10, width=32,
+                                               layers=1, num_heads=2)), scale=0.3).eval()
+    model = Denoiser(net, EDM(), "x0", "edm")
+    config = TrainConfig(data="shapes", cond="text")
+    rise = lambda: caption_loss_rise(model, config, tokenizer, data.data, data.captions, repeats=2)  # noqa: E731
+    with_order = rise()
+    with torch.no_grad():
+        net.text.position.zero_()  # the encoder now sees a set of words: any order reads the same
+    bag = rise()
+    assert set(bag) == {"colours", "shapes", "relation", "null"}
+    for part in ("colours", "shapes"):  # the same words in another order: no rise at all
+        assert abs(bag[part]) < 1e-6 and abs(with_order[part]) > 3e-5
+    assert abs(bag["relation"]) > 1e-4  # "left" and "right" are different words even in a bag
+    assert abs(bag["null"]) > 1e-4
+    # an alteration that keeps the picture is left out; with none left there is no share
+    red = ["a red circle above a red square", "a red square left of a red triangle"]
+    same = caption_loss_rise(model, config, tokenizer, data.data[:2], red, repeats=1)
+    assert same["colours"] is None and same["shapes"] is not None

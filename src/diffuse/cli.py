@@ -257,7 +257,7 @@ def _evaluate_captions(args, model, config, data) -> int:
     from .data.splits import HELDOUT
     from .text import WordTokenizer
     from .data.shapes_detector import error_mix
-    from .training import sample_caption_errors
+    from .training import caption_loss_rise, sample_caption_errors
 
     if data["spec"] != "shapes":
         raise ValueError(f"scoring samples against their captions needs a detector, which only 'shapes' has; "
@@ -265,10 +265,11 @@ def _evaluate_captions(args, model, config, data) -> int:
     if args.classifier:
         raise ValueError("--classifier guides towards class labels; this run is conditioned on text")
     tokenizer = WordTokenizer.from_dict(data["tokenizer"])
-    mixes = {}
+    mixes, rises = {}, {}
     for split, meaning in (("test", "seen combinations"), (HELDOUT, "held-out combinations")):
-        captions = load_dataset(data["spec"], split).captions
-        captions = [captions[i % len(captions)] for i in range(args.n or len(captions))]
+        dataset = load_dataset(data["spec"], split)
+        index = [i % len(dataset) for i in range(args.n or len(dataset))]
+        captions = [dataset.captions[i] for i in index]
         errors = sample_caption_errors(
             model, config, tokenizer, captions, data["shape"], guidance=args.guidance, sampler=args.sampler,
             steps=args.steps, schedule=args.schedule, seed=args.seed, device=args.device or "cpu")
@@ -276,10 +277,17 @@ def _evaluate_captions(args, model, config, data) -> int:
         wrong = ", ".join(f"{kind} {share:.3f}" for kind, share in mix.items() if kind != "exact")
         print(f"exact-caption accuracy, {split} ({meaning}, {len(captions)} captions): {mix['exact']:.4f}"
               f"  (first error: {wrong})")
+        # Whether the model reads how the words bind: its loss on the split's own images with
+        # each caption altered, against the caption itself.
+        rises[split] = rise = caption_loss_rise(model, config, tokenizer, dataset.data[index], captions,
+                                                seed=args.seed, device=args.device or "cpu")
+        print(f"  training loss on the {split} images with their captions altered: "
+              + ", ".join(f"{part} " + ("n/a" if share is None else f"{100 * share:+.2f}%")
+                        for part, share in rise.items()))
     if args.out:
         scores = {split: mix["exact"] for split, mix in mixes.items()}
         Path(args.out).write_text(json.dumps({"exact_caption_accuracy": scores, "outcomes": mixes,
-                                              "guidance": args.guidance}, indent=2))
+                                              "loss_rise": rises, "guidance": args.guidance}, indent=2))
     return 0
 
 

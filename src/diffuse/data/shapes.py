@@ -45,6 +45,7 @@ COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 
 SHAPES = ("circle", "square", "triangle")
 RELATIONS = ("left of", "right of", "above", "below")
 MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+ALTERATIONS = ("colours", "shapes", "relation")  # see Caption.altered
 
 # Layout, in pixels. Objects are 10-12 px across; two objects' boxes are at least GAP
 # apart along the relation's axis and their centres at most MAX_OFFSET apart across it,
@@ -113,6 +114,23 @@ class Caption:
     def canonical(self) -> Caption:
         """The wording of this picture that uses "left of" or "above"."""
         return self.mirrored() if self.relation in ("right of", "below") else self
+
+    def altered(self, part: str) -> Caption:
+        """The same words bound another way, for one part of ALTERATIONS: "colours" trades the
+        two objects' colours, "shapes" their shapes, "relation" reverses it ("A left of B" ->
+        "A right of B"). A model that reads which words occur but not how they bind cannot tell
+        these from the caption. The result may show the same picture (two red objects with
+        their colours traded); compare canonical forms to tell."""
+        if part not in ALTERATIONS:
+            raise ValueError(f"unknown alteration {part!r}; choose from {', '.join(ALTERATIONS)}")
+        if self.relation is None:
+            raise ValueError(f"a one-object caption has nothing to trade or reverse: {self}")
+        (a, b), relation = self.objects, self.relation
+        if part == "colours":
+            return Caption((Item(b.colour, a.shape), Item(a.colour, b.shape)), relation)
+        if part == "shapes":
+            return Caption((Item(a.colour, b.shape), Item(b.colour, a.shape)), relation)
+        return Caption((a, b), MIRROR[relation])
 
 
 def parse_caption(text: str) -> Caption:

@@ -6,7 +6,7 @@ from .autoencoder import (AutoencoderTrainConfig, AutoencoderTrainer, LatentCode
                           open_autoencoder, train_autoencoder)
 from .classifier import ClassifierTrainConfig, ClassifierTrainer, load_classifier, train_classifier
 from .config import TrainConfig, default_network
-from .sampling import exact_caption_accuracy, generate, sample_caption_errors
+from .sampling import caption_loss_rise, exact_caption_accuracy, generate, sample_caption_errors
 from .loop import NonFiniteLossError
 from .trainer import Trainer, build_model, load_model, train
 

@@ -132,3 +132,50 @@ def check_classifier(classifier, model, draw_shape, decoder=None) -> None:
     num_classes = getattr(model.net.config, "num_classes", None)
     if num_classes is not None and getattr(classifier, "num_classes", num_classes) != num_classes:
         raise ValueError(f"the classifier has {classifier.num_classes} classes, the model {num_classes}")
+
+
+@torch.no_grad()
+def caption_loss_rise(model, config: TrainConfig, tokenizer: WordTokenizer, images: torch.Tensor,
+                      captions: list[str], repeats: int = 4, seed: int = 0, device="cpu",
+                      batch_size: int = 500) -> dict[str, float | None]:
+    """How much the model's own training loss on shapes `images` rises, as a share of its loss
+    with their `captions`, when each caption is altered (the shapes ALTERATIONS: the same words
+    bound another way) or replaced by the null text ("null").
+
+    A model that reads which words occur but not how they bind scores an alteration like the
+    caption itself: a rise near 0 for "relation" means it cannot tell "A left of B" from "A right
+    of B", so its samples place the two objects by chance. Every variant is scored on the same
+    noise levels and noise (`repeats` draws per image); an alteration's share is over the
+    captions it turns into another picture (trading the colours of two red objects does not),
+    and None when there are none."""
+    from ..data.shapes import ALTERATIONS, parse_caption
+
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images for {len(captions)} captions")
+    loss = config.denoising_loss(model.process)
+    max_length = model.net.config.max_length
+
+    def summed_losses(tokens: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(len(tokens), dtype=torch.float64)
+        for r in range(repeats):
+            for s in range(0, len(tokens), batch_size):
+                draws = torch.Generator().manual_seed((seed * 1_000_003 + r) * 1_000_003 + s)
+                cond = {"tokens": tokens[s:s + batch_size].to(device)}
+                per = loss(model, images[s:s + batch_size].to(device), cond, draws, per_sample=True)
+                total[s:s + batch_size] += per.double().cpu()
+        return total
+
+    parsed = [parse_caption(c) for c in captions]
+    truth = summed_losses(tokenizer.encode(captions, max_length=max_length))
+    rise = {}
+    for part in ALTERATIONS:
+        altered = [c.altered(part) if c.relation else c for c in parsed]
+        changed = torch.tensor([a.canonical() != c.canonical() for a, c in zip(altered, parsed)])
+        if not changed.any():
+            rise[part] = None
+            continue
+        scores = summed_losses(tokenizer.encode([str(a) for a in altered], max_length=max_length))
+        rise[part] = ((scores[changed] - truth[changed]).sum() / truth[changed].sum()).item()
+    null = summed_losses(torch.full((len(captions), max_length), tokenizer.pad_id, dtype=torch.long))
+    rise["null"] = ((null - truth).sum() / truth.sum()).item()
+    return rise
