@@ -11,7 +11,7 @@ from .loop import NonFiniteLossError
 from .trainer import Trainer, build_model, load_model, train
 
 __all__ = ["TrainConfig", "default_network", "Trainer", "train", "build_model", "load_model",
-           "generate", "exact_caption_accuracy", "sample_caption_errors", "NonFiniteLossError",
+           "generate", "exact_caption_accuracy", "sample_caption_errors", "caption_loss_rise", "NonFiniteLossError",
            "AutoencoderTrainConfig", "AutoencoderTrainer",
            "train_autoencoder", "load_autoencoder", "open_autoencoder", "LatentCodec",
            "ClassifierTrainConfig", "ClassifierTrainer", "train_classifier", "load_classifier"]
