@@ -271,6 +271,7 @@ def test_cli_eval_of_a_text_run_scores_seen_and_heldout_captions(tmp_path):
 
 
 def test_the_loss_rise_is_zero_for_a_bag_of_words_model_and_not_with_word_order():
+    from diffuse.data.shapes import parse_caption
     from diffuse.denoiser import Denoiser
     from diffuse.process import EDM
     from diffuse.training import caption_loss_rise
@@ -291,6 +292,10 @@ def test_the_loss_rise_is_zero_for_a_bag_of_words_model_and_not_with_word_order(
     for part in ("colours", "shapes"):  # the same words in another order: no rise at all
         assert abs(bag[part]) < 1e-6 and abs(with_order[part]) > 3e-5
     assert abs(bag["relation"]) > 1e-4  # "left" and "right" are different words even in a bag
+    # worded canonically, "A left of B" reversed is "B left of A": the same words again
+    worded = [str(parse_caption(c).canonical()) for c in data.captions]
+    canonical = caption_loss_rise(model, config, tokenizer, data.data, worded, repeats=2, canonical_wording=True)
+    assert abs(canonical["relation"]) < 1e-6
     assert abs(bag["null"]) > 1e-4
     # an alteration that keeps the picture is left out; with none left there is no share
     red = ["a red circle above a red square", "a red square left of a red triangle"]

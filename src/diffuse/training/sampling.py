@@ -137,7 +137,7 @@ def check_classifier(classifier, model, draw_shape, decoder=None) -> None:
 @torch.no_grad()
 def caption_loss_rise(model, config: TrainConfig, tokenizer: WordTokenizer, images: torch.Tensor,
                       captions: list[str], repeats: int = 4, seed: int = 0, device="cpu",
-                      batch_size: int = 500) -> dict[str, float | None]:
+                      batch_size: int = 500, canonical_wording: bool = False) -> dict[str, float | None]:
     """How much the model's own training loss on shapes `images` rises, as a share of its loss
     with their `captions`, when each caption is altered (the shapes ALTERATIONS: the same words
     bound another way) or replaced by the null text ("null").
@@ -147,7 +147,8 @@ def caption_loss_rise(model, config: TrainConfig, tokenizer: WordTokenizer, imag
     of B", so its samples place the two objects by chance. Every variant is scored on the same
     noise levels and noise (`repeats` draws per image); an alteration's share is over the
     captions it turns into another picture (trading the colours of two red objects does not),
-    and None when there are none."""
+    and None when there are none. `canonical_wording`: the altered captions are worded as the
+    model was trained, with "left of" or "above" only ("A right of B" becomes "B left of A")."""
     from ..data.shapes import ALTERATIONS, parse_caption
 
     if len(images) != len(captions):
@@ -170,6 +171,8 @@ def caption_loss_rise(model, config: TrainConfig, tokenizer: WordTokenizer, imag
     rise = {}
     for part in ALTERATIONS:
         altered = [c.altered(part) if c.relation else c for c in parsed]
+        if canonical_wording:
+            altered = [a.canonical() for a in altered]
         changed = torch.tensor([a.canonical() != c.canonical() for a, c in zip(altered, parsed)])
         if not changed.any():
             rise[part] = None
