@@ -10,7 +10,7 @@ from torch import nn
 
 from diffuse.models import MLP, MLPConfig, UNet, UNetConfig, build_network, network_config
 from diffuse.models.embeddings import MAX_FREQUENCY, MIN_FREQUENCY, position_embedding, sinusoidal_embedding
-from diffuse.models.unet import PixelCrossAttention, SelfAttention, with_coordinates, with_position_code
+from diffuse.models.unet import PixelCrossAttention, SelfAttention, with_position_code
 
 # Small widths keep the file fast; the default configs get their own tests below.
 SMALL_UNET = dict(channels=16, norm_groups=8, num_heads=2)
@@ -145,35 +145,6 @@ def test_a_unet_with_the_position_code_runs_and_round_trips():
     plain = build_network({**config, "position_code": False})
     plain.load_state_dict(net.state_dict())  # the code is fixed, not a weight
     assert (plain(x, level) - net(x, level)).abs().amax() > 1e-4
-
-
-def test_coordinate_channels_run_from_minus_one_to_one_across_columns_and_rows():
-    x = torch.randn(2, 3, 4, 5)
-    out = with_coordinates(x)
-    torch.testing.assert_close(out[:, :3], x)
-    for row, column in [(0, 0), (3, 4), (1, 2)]:
-        assert out[1, 3, row, column].item() == pytest.approx(-1 + 2 * column / 4)
-        assert out[1, 4, row, column].item() == pytest.approx(-1 + 2 * row / 3)
-
-
-def test_a_unet_with_coordinate_input_is_a_plain_unet_plus_the_coordinates_weights():
-    config = {"kind": "unet", **SMALL_UNET, "in_channels": 3, "channel_mults": [1, 2], "coordinate_input": True}
-    net = build_network(config)
-    perturb_output(net)
-    assert net.input.in_channels == 5
-    x, level = torch.randn(2, 3, 8, 8), torch.zeros(2)
-    rebuilt = build_network(network_config(net))
-    rebuilt.load_state_dict(net.state_dict())
-    torch.testing.assert_close(rebuilt(x, level), net(x, level))
-    plain = build_network({**config, "coordinate_input": False})
-    weights = net.state_dict()
-    plain.load_state_dict({**weights, "input.weight": weights["input.weight"][:, :3]})
-    assert (plain(x, level) - net(x, level)).abs().amax() > 1e-4  # the coordinates are read
-    with torch.no_grad():
-        net.input.weight[:, 3:] = 0
-    torch.testing.assert_close(plain(x, level), net(x, level))  # and are all that was added
-    with pytest.raises(ValueError, match="coordinate_input must be true or false"):
-        build_network({**config, "coordinate_input": 1})
 
 
 # ---------------------------------------------------------------- initialisation

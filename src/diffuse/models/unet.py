@@ -46,10 +46,7 @@ class UNetConfig:
     position_code: every attention layer adds a fixed sinusoidal code of each pixel's (row,
     column) to the normalised features it attends with, so attention, and the cross-attention
     to a caption's words, can tell where a pixel is, not only what is there; each attention
-    level's width must then be divisible by 4. coordinate_input: the input convolution also
-    sees two channels holding each pixel's column and row, from -1 to 1 (CoordConv), so the
-    features of every level can carry where a pixel is, and the blocks' conditioning scale
-    (the pooled text's, say) can act on it: "red where x < 0 if the caption says left".
+    level's width must then be divisible by 4.
     norm_groups: GroupNorm groups, capped at ``channels``; every norm layer uses
     ``min(norm_groups, channels)`` groups, which must divide ``channels``.
     """
@@ -67,7 +64,6 @@ class UNetConfig:
     context_dim: int | None = None
     pooled_context: bool = False
     position_code: bool = False
-    coordinate_input: bool = False
 
     def __post_init__(self) -> None:
         owner = "UNetConfig"
@@ -87,7 +83,6 @@ class UNetConfig:
                 raise ValueError(f"{owner}: context_dim needs at least one attention level to cross-attend at")
         pooled_context_needs_context(owner, self.pooled_context, self.context_dim)
         boolean(owner, "position_code", self.position_code)
-        boolean(owner, "coordinate_input", self.coordinate_input)
         if not self.channel_mults:
             raise ValueError(f"{owner}.channel_mults must have at least one level")
         for mult in self.channel_mults:
@@ -166,14 +161,6 @@ def with_position_code(features: Tensor) -> Tensor:
     # Built where the features are: a U-Net takes any size, so the code is not a fixed buffer.
     code = position_embedding(h, w, c, features.device).to(features.dtype).transpose(0, 1).reshape(1, c, h, w)
     return features + code
-
-
-def with_coordinates(x: Tensor) -> Tensor:
-    """x [B, C, H, W] with two more channels: each pixel's column, then row, from -1 to 1."""
-    b, _, h, w = x.shape
-    column = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).expand(b, 1, h, w)
-    row = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)[:, None].expand(b, 1, h, w)
-    return torch.cat([x, column, row], dim=1)
 
 
 def attention_features(norm: nn.GroupNorm, x: Tensor, position_code: bool) -> Tensor:
@@ -333,7 +320,7 @@ class UNet(nn.Module):
         c = config
         emb_dim = embedding_dim(c)
         self.condition = condition_embedding(c)
-        self.input = nn.Conv2d(c.in_channels + 2 * c.coordinate_input, c.channels, 3, padding=1)
+        self.input = nn.Conv2d(c.in_channels, c.channels, 3, padding=1)
         self.down, skip_widths = down_path(c, emb_dim)
         width = skip_widths[-1]
         widths = c.level_widths
@@ -370,7 +357,7 @@ class UNet(nn.Module):
         self.check_input(x)
         check_context(self.config.context_dim, context, context_mask, x.shape[0])
         emb = self.condition(noise_level, labels, x.shape[0], context, context_mask)
-        h = self.input(with_coordinates(x) if self.config.coordinate_input else x)
+        h = self.input(x)
         skips = [h]
         for module in self.down:
             h = module(h, emb, context, context_mask) if isinstance(module, Stage) else module(h)
