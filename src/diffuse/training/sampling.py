@@ -1,4 +1,5 @@
-"""Sampling a trained model: the path shared by the trainer's sample grids and `diffuse sample`."""
+"""Sampling a trained model: the path shared by the trainer's sample grids and `diffuse sample`;
+and scoring a text model of shapes against its captions, by its samples and by its loss."""
 
 from __future__ import annotations
 
