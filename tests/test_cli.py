@@ -94,9 +94,9 @@ def test_train_errors_exit_1_with_a_message(tmp_path, options, message):
 
 
 def test_a_non_finite_loss_exits_1_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    from diffuse.training import trainer as trainer_module
+    from diffuse.training import config as config_module
 
-    class Poisoned(trainer_module.DenoisingLoss):
+    class Poisoned(config_module.DenoisingLoss):
         calls = 0
 
         def __call__(self, *args, **kwargs):
@@ -104,7 +104,7 @@ def test_a_non_finite_loss_exits_1_and_keeps_the_last_checkpoint(tmp_path, monke
             loss = super().__call__(*args, **kwargs)
             return loss * float("nan") if Poisoned.calls == 3 else loss
 
-    monkeypatch.setattr(trainer_module, "DenoisingLoss", Poisoned)
+    monkeypatch.setattr(config_module, "DenoisingLoss", Poisoned)  # TrainConfig.denoising_loss builds it
     code, out, err = run_main(["train", "--out", tmp_path, "--data", "ring", "--network", json.dumps(MLP),
                                "--steps", 6, "--checkpoint-every", 2, "--quiet"])
     assert code == 1 and out == ""
