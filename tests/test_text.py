@@ -62,6 +62,37 @@ def test_a_fresh_encoder_reads_word_order_not_only_the_bag_of_words():
         assert (moved[:, swap] - out).norm() / out.norm() > 0.05
 
 
+def test_a_causal_encoder_reads_each_word_in_the_light_of_the_words_before_it_only():
+    # "a red circle left of a blue square" against "... right of ...": the first object's outputs
+    # are untouched by the relation word, the second object's carry it (TextEncoder's docstring).
+    tokens = torch.tensor([[2, 4, 5, 6, 7, 8, 4, 9, 10, 3], [2, 4, 5, 6, 11, 8, 4, 9, 10, 3]])
+    for causal in (False, True):
+        torch.manual_seed(0)
+        encoder = TextEncoder(vocab_size=12, max_length=12, width=32, layers=2, num_heads=4, causal=causal).eval()
+        out, _ = encoder(tokens)
+        change = (out[0] - out[1]).norm(dim=-1) / out[0].norm(dim=-1)
+        assert (change[4:] > 0.01).all()                  # the relation word and what follows it
+        if causal:
+            assert (change[:4] == 0).all()
+        else:
+            assert (change[:4] > 0.01).all()
+        # padding on the right and the null text behave as in the bidirectional encoder
+        padded, padded_mask = encoder(torch.cat([tokens, torch.zeros(2, 2, dtype=torch.long)], dim=1))
+        torch.testing.assert_close(padded[:, :10], out, atol=1e-5, rtol=1e-5)
+        assert not padded_mask[:, 10:].any()
+        null, _ = encoder(torch.zeros(1, 5, dtype=torch.long))
+        assert torch.isfinite(null).all()
+
+
+def test_causal_is_a_stored_choice_of_the_text_network():
+    config = text_network(UNET, vocab_size=12, max_length=6, width=32, layers=1, causal=True)
+    net = build_network(config)
+    assert net.text.causal and network_config(net)["causal"] is True
+    assert not build_network({**config, "causal": False}).text.causal
+    with pytest.raises(ValueError, match="causal must be true or false"):
+        build_network({**config, "causal": 1})
+
+
 @pytest.mark.parametrize("denoiser", [UNET, DIT])
 def test_the_pooled_text_reaches_the_conditioning_vector_without_cross_attention(denoiser):
     from diffuse.models.attention import CrossAttention
