@@ -198,6 +198,35 @@ def test_an_image_network_given_for_text_is_wrapped_and_sizes_are_filled_in(tmp_
         Trainer(shapes_config(network={**partial, "vocab_size": 5}), tmp_path / "bad", dataset=data, progress=False)
 
 
+@pytest.mark.parametrize("scale", [0.0, 0.5])
+def test_the_text_encoder_learns_at_its_own_rate_and_at_zero_stays_as_initialised(tmp_path, scale):
+    data = load_dataset("shapes", "train", n=64)
+    trainer = Trainer(shapes_config(text_lr_scale=scale, steps=3, checkpoint_every=3), tmp_path, dataset=data,
+                      progress=False)
+    encoder = {k: v.clone() for k, v in trainer.model.net.text.state_dict().items()}
+    image = {k: v.clone() for k, v in trainer.model.net.denoiser.state_dict().items()}
+    trainer.fit()
+    moved = lambda before, module: any(not torch.equal(v, module.state_dict()[k]) for k, v in before.items())  # noqa: E731
+    assert moved(image, trainer.model.net.denoiser)
+    assert moved(encoder, trainer.model.net.text) == (scale > 0)
+    if scale:
+        lrs = [group["lr"] for group in trainer.optimizer.param_groups]
+        assert lrs[1] == pytest.approx(scale * lrs[0]) and lrs[0] > 0
+    # the choice is stored with the run, and a resumed run keeps it
+    resumed = Trainer(shapes_config(steps=4, checkpoint_every=4), tmp_path, resume=True, dataset=data, progress=False)
+    assert resumed.config.text_lr_scale == scale
+    assert [g.get("lr_scale", 1.0) for g in resumed.optimizer.param_groups] == [1.0] + ([scale] if scale else [])
+    resumed.fit()
+    assert moved(encoder, resumed.model.net.text) == (scale > 0)
+
+
+def test_text_lr_scale_is_checked():
+    with pytest.raises(ValueError, match="text_lr_scale must be a finite number >= 0"):
+        shapes_config(text_lr_scale=-1.0)
+    with pytest.raises(ValueError, match="text_lr_scale applies to a text encoder"):
+        TrainConfig(data="digits", cond="class", text_lr_scale=0.0)
+
+
 def test_prompts_condition_sampling_and_guidance_uses_the_null_text(tmp_path):
     import dataclasses
 
@@ -235,7 +264,8 @@ def test_cli_trains_on_captions_and_samples_a_prompt(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--data", "shapes", "--cond", "text", "--network", json.dumps(dit), "--out", str(run),
                  "--steps", "2", "--batch-size", "8", "--checkpoint-every", "2", "--sample-steps", "2",
-                 "--warmup-steps", "1", "--quiet"]) == 0
+                 "--warmup-steps", "1", "--text-lr-scale", "0.25", "--quiet"]) == 0
+    assert json.loads((latest_checkpoint(run) / "config.json").read_text())["train"]["text_lr_scale"] == 0.25
     out = tmp_path / "red.png"
     assert main(["sample", str(run), "--prompt", "a red circle above a blue square", "--prompt", "a green triangle",
                  "--guidance", "2", "--n", "4", "--steps", "2", "--out", str(out)]) == 0

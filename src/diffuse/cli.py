@@ -66,7 +66,7 @@ def _train(args) -> int:
         overrides["process"] = get_process(args.process).config()
     for name in ("cond", "prediction", "preconditioning", "weighting", "time_sampling", "batch_size", "lr",
                  "steps", "minutes", "seed", "checkpoint_every", "ema_decay", "warmup_steps", "lr_schedule",
-                 "sampler", "sample_steps", "label_dropout"):
+                 "sampler", "sample_steps", "label_dropout", "text_lr_scale"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="after warmup: constant, or decay to 0 at --steps (default cosine)")
     train.add_argument("--ema-decay", dest="ema_decay", type=float)
     train.add_argument("--label-dropout", dest="label_dropout", type=float)
+    train.add_argument("--text-lr-scale", dest="text_lr_scale", type=float,
+                       help="a text model's encoder learns at this multiple of --lr (0: frozen as initialised)")
     train.add_argument("--sampler", help="sampler for the sample grids (and `diffuse sample`'s default)")
     train.add_argument("--sample-steps", dest="sample_steps", type=int)
     train.set_defaults(handler=_train)

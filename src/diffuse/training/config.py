@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from ..objectives import DenoisingLoss, check_time_options
@@ -50,6 +51,7 @@ class TrainConfig(JSONConfig):
     # optimisation
     batch_size: int = 128
     lr: float = 2e-3
+    text_lr_scale: float = 1.0           # a text model's encoder learns at this multiple of lr (0: kept as initialised)
     weight_decay: float = 0.0
     warmup_steps: int = 200
     lr_schedule: str = "cosine"          # after warmup: "constant", or "cosine" / "linear" decay to 0 at `steps`
@@ -76,6 +78,10 @@ class TrainConfig(JSONConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not (math.isfinite(self.text_lr_scale) and self.text_lr_scale >= 0):
+            raise ValueError(f"text_lr_scale must be a finite number >= 0, got {self.text_lr_scale}")
+        if self.text_lr_scale != 1.0 and self.cond != "text":
+            raise ValueError(f"text_lr_scale applies to a text encoder, which cond={self.cond!r} has none")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         check_time_options(self.time_sampling, self.time_options)

@@ -53,13 +53,14 @@ def learning_rate(peak: float, step: int, warmup: int, total: int, schedule: str
 
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
                    grad_clip: float, lr: float) -> None:
-    """Backpropagate, clip the gradient norm (when grad_clip > 0), set the learning rate, step."""
+    """Backpropagate, clip the gradient norm (when grad_clip > 0), set the learning rate (times a
+    group's "lr_scale", where it has one), step."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     optimizer.step()
 
 
