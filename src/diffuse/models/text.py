@@ -67,7 +67,8 @@ class TextEncoder(nn.Module):
     from a difference that is linear in the features. On shapes a frozen random causal encoder
     gave the U-Net that difference to read (README, "Guidance"). Trained jointly, the causal
     encoder instead made "left" and "right" alike (their outputs 6% apart after 2000 steps) and
-    the model did not learn the side; frozen and bidirectional, the U-Net learnt it far more slowly.
+    the model did not learn the side; frozen and bidirectional, the U-Net learnt far less of it
+    (relation-reversed loss rise +12% against +115% for frozen and causal, at 3000 steps).
     """
 
     def __init__(self, vocab_size: int, max_length: int, width: int, layers: int, num_heads: int,

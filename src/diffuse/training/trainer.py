@@ -77,15 +77,15 @@ def load_model(path, ema: bool = True, device="cpu", autoencoder=None) -> tuple[
     return model, config, stored["data"]
 
 
-def parameter_groups(net: nn.Module, text_lr_scale: float) -> list[dict]:
+def parameter_groups(model: Denoiser, text_lr_scale: float) -> list[dict]:
     """The optimiser's parameter groups: a text model's encoder apart, at `text_lr_scale` times the
     learning rate (`loop.optimizer_step` applies each group's "lr_scale"). At 0 the encoder is
     frozen at its random initialisation, and left out of the optimiser altogether."""
-    text = getattr(net, "text", None)
+    text = getattr(model.net, "text", None)
     if text is None or text_lr_scale == 1.0:
-        return [{"params": [p for p in net.parameters() if p.requires_grad]}]
+        return [{"params": list(model.parameters())}]
     encoder = {id(p) for p in text.parameters()}
-    rest = [p for p in net.parameters() if id(p) not in encoder]
+    rest = [p for p in model.parameters() if id(p) not in encoder]
     if text_lr_scale == 0:
         text.requires_grad_(False)
         return [{"params": rest}]
@@ -188,7 +188,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = build_model(config, num_classes).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model.net, config.text_lr_scale), lr=config.lr,
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config.text_lr_scale), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.loss_fn = config.denoising_loss(self.model.process)
         self.batches_per_epoch = len(self.data) // config.batch_size
