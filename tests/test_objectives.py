@@ -156,6 +156,38 @@ def test_loss_is_a_pure_function_of_its_generator():
     assert net.weight.grad is not None and net.weight.grad.abs().sum() > 0
 
 
+def test_a_mask_leaves_padding_out_of_the_loss():
+    # Sequences of 3 and 5 real elements padded to 8. The model works element by element, so with
+    # the mask the padding's values cannot reach the loss; without it they do.
+    process = EDM()
+    model = lambda x, t: 0.5 * x  # noqa: E731
+    loss = DenoisingLoss(process, "x0", weighting="edm", time_sampling="log_normal")
+    mask = torch.zeros(2, 1, 8, dtype=torch.bool)
+    mask[0, :, :3], mask[1, :, :5] = True, True
+    x0 = torch.randn(2, 1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    other = torch.where(mask, x0, torch.full_like(x0, 100.0))
+    per = lambda x, m: loss(model, x, generator=torch.Generator().manual_seed(1), mask=m, per_sample=True)  # noqa: E731
+    torch.testing.assert_close(per(x0, mask), per(other, mask), rtol=0, atol=0)
+    assert not torch.allclose(per(x0, None), per(other, None))
+    torch.testing.assert_close(per(x0, torch.ones_like(mask)), per(x0, None))
+    # each sample's error is the mean over its own real elements, times its weight
+    g = torch.Generator().manual_seed(1)
+    t = sample_times(process, 2, "log_normal", g)
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x_t = x0 + process.sigma(t)[:, None, None] * eps
+    squared = (0.5 * x_t - x0) ** 2
+    rho2 = process.sigma(t) ** 2
+    weight = (rho2 + 0.25) / (rho2 * 0.25)
+    expected = weight * torch.stack([squared[0, 0, :3].mean(), squared[1, 0, :5].mean()])
+    torch.testing.assert_close(per(x0, mask), expected)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        per(x0, torch.ones(2, 1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="of x0's rank"):
+        per(x0, torch.ones(2, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="no real element"):
+        per(x0, torch.zeros_like(mask))
+
+
 def test_bad_options():
     with pytest.raises(ValueError, match="unknown weighting"):
         DenoisingLoss(VP(), weighting="p2")

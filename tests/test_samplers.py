@@ -318,3 +318,154 @@ def test_model_evaluations_per_sampler():
         _, used = diffuse.sample(MIXTURE_2D.denoiser(process), process, noise, sampler=name, steps=10,
                                  return_nfe=True, generator=torch.Generator().manual_seed(0))
         assert used == nfe, (name, used)
+
+
+# -- starting from a given state, step hooks, per-sample randomness ---------------------------------
+
+def exact_marginal(process, t, n, seed=0):
+    """x_t ~ p_t for the 1-D mixture: data drawn exactly, noised in closed form."""
+    g = torch.Generator().manual_seed(seed)
+    x0, _ = MIXTURE.sample(n, g)
+    return process.add_noise(x0, t, torch.randn(x0.shape, generator=g, dtype=torch.float64))
+
+
+START_PROCESSES = [pytest.param(EDM(), "karras", id="edm"), pytest.param(VP("linear"), "log_snr", id="vp"),
+                   pytest.param(Flow(), "uniform", id="flow"),
+                   pytest.param(VP.from_betas("linear"), "trailing", id="ddpm")]
+
+
+@pytest.mark.parametrize("process, schedule", START_PROCESSES)
+@pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "ddpm"])
+def test_starting_at_an_intermediate_time_from_the_exact_marginal_gives_the_data(process, schedule, name):
+    # where sigma/alpha = 1: half-way in signal-to-noise, far from both ends
+    t_start = float(process.t_from_sigma_ratio(torch.tensor(1.0, dtype=torch.float64)))
+    if isinstance(process, diffuse.DiscreteVP):  # on one of its steps
+        t_start = float(process.timestep_to_t(round(float(process.t_to_timestep(t_start)))))
+    run = lambda x: diffuse.sample(MIXTURE.denoiser(process), process, sampler=name, steps=60, schedule=schedule,  # noqa: E731
+                                   x_start=x, t_start=t_start, generator=torch.Generator().manual_seed(1))
+    exact = wasserstein1(run(exact_marginal(process, t_start, 4000)))
+    assert exact < 0.05, exact  # 4000 draws of the mixture are about 0.02 from it in W1
+    if name in STOCHASTIC:  # fresh noise at every step partly forgets where a sample started
+        return
+    # a start of the right mean and variance but the wrong shape is not transported to the data
+    a, s = float(process.alpha(t_start)), float(process.sigma(t_start))
+    spread = math.sqrt(a**2 * float(MIXTURE.sample(100_000, torch.Generator().manual_seed(2))[0].var()) + s**2)
+    mean = a * sum(w * m for w, m in zip(WEIGHTS, MEANS))
+    wrong = wasserstein1(run(mean + spread * torch.randn(4000, 1, generator=torch.Generator().manual_seed(3),
+                                                         dtype=torch.float64)))
+    assert wrong > 2 * exact, (exact, wrong)
+
+
+def test_a_start_time_spaces_the_schedule_below_it():
+    process = EDM()
+    times = make_times(process, "karras", 6, t_start=0.1)
+    assert times[0] == 0.1 and times[-1] == pytest.approx(process.t_min) and times.shape == (6,)
+    rho = process.sigma(times)
+    torch.testing.assert_close(rho ** (1 / 7), torch.linspace(8 ** (1 / 7), 0.002 ** (1 / 7), 6, dtype=torch.float64))
+    ddpm = VP.from_betas("linear")
+    start = float(ddpm.timestep_to_t(499))
+    steps = ddpm.t_to_timestep(make_times(ddpm, "trailing", 5, t_start=start)).round().long().tolist()
+    assert steps == [499, 399, 299, 199, 99]
+
+
+def test_a_hook_that_does_nothing_changes_nothing():
+    process = VP.from_betas("linear")
+    model = MIXTURE_2D.denoiser(process)
+    noise = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    for name in diffuse.samplers.available():
+        if name == "adaptive":
+            continue
+        run = lambda **o: diffuse.sample(model, process, noise, sampler=name, steps=7, schedule="trailing",  # noqa: E731
+                                         generator=torch.Generator().manual_seed(0), **o)
+        seen = []
+        hooked = run(hook=lambda x, i, t: seen.append((i, t)) or x)
+        assert torch.equal(hooked, run()), name
+        grid = make_times(process, "trailing", 7).tolist()
+        expected = [(i, grid[i]) for i in range(7)] + [(7, 0.0)]
+        if name == "unipc":  # the corrected state of each step; the last step returns D directly
+            expected = expected[:6] + expected[7:]
+        assert seen == expected, name
+
+
+@pytest.mark.parametrize("name", ["euler", "ddim", "heun"])
+def test_a_hook_replaces_the_state_the_next_step_starts_from(name):
+    # One-step samplers keep no history, so replacing the state at t_2 is the same as starting there.
+    process = EDM()
+    model = MIXTURE_2D.denoiser(process)
+    noise = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    times = make_times(process, "karras", 8)
+    planted = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    hooked = diffuse.sample(model, process, noise, sampler=name, schedule=times,
+                            hook=lambda x, i, t: planted if i == 2 else x)
+    direct = diffuse.sample(model, process, sampler=name, schedule=times[2:], x_start=planted, t_start=float(times[2]))
+    torch.testing.assert_close(hooked, direct, rtol=0, atol=0)
+    assert not torch.allclose(hooked, diffuse.sample(model, process, noise, sampler=name, schedule=times))
+    final = diffuse.sample(model, process, noise, sampler=name, schedule=times, hook=lambda x, i, t: x * 0 if i == 8 else x)
+    assert torch.equal(final, torch.zeros_like(final))
+
+
+STOCHASTIC_OPTIONS = {"ddpm": {}, "euler_ancestral": {}, "sde": {}, "pc": {}, "sde_dpmpp_2m": {},
+                      "sde_dpmpp_3m": {}, "heun": {"churn": 20.0}}
+
+
+@pytest.mark.parametrize("name", sorted(STOCHASTIC_OPTIONS))
+def test_with_per_sample_generators_a_sample_does_not_depend_on_its_batch(name):
+    from diffuse.samplers import Generators
+
+    process = EDM()
+    model = MIXTURE_2D.denoiser(process)
+    noise = torch.randn(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    run = lambda lo, hi, seed=0: diffuse.sample(model, process, noise[lo:hi], sampler=name, steps=6,  # noqa: E731
+                                                generator=Generators.seeded(seed, lo, hi - lo), **STOCHASTIC_OPTIONS[name])
+    whole = run(0, 20)
+    torch.testing.assert_close(run(0, 10), whole[:10], rtol=0, atol=0)
+    torch.testing.assert_close(run(13, 20), whole[13:], rtol=0, atol=0)
+    assert not torch.equal(run(0, 10, seed=1), whole[:10])  # the seed still matters
+    with pytest.raises(ValueError, match="3 per-sample generators for a batch of 20"):
+        diffuse.sample(model, process, noise, sampler=name, generator=Generators.seeded(0, 0, 3))
+
+
+def test_hooks_and_starts_in_threads_equal_sequential_runs():
+    from diffuse.samplers import Generators
+
+    process = VP("linear")
+    model = MIXTURE_2D.denoiser(process)
+    start = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(8)) * 0.8
+    jobs = [(name, k) for name in ("ddpm", "dpmpp_2m", "sde", "unipc") for k in range(3)]
+
+    def run(job):
+        name, k = job
+        pull = lambda x, i, t: x * (1 - 0.01 * k)  # noqa: E731  a hook of its own per job
+        return diffuse.sample(model, process, sampler=name, steps=9, x_start=start, t_start=0.5, hook=pull,
+                              generator=Generators.seeded(k, 0, 64))
+
+    sequential = [run(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        threaded = list(pool.map(run, jobs))
+    for job, a, b in zip(jobs, sequential, threaded):
+        assert torch.equal(a, b), job
+
+
+def test_bad_starts_and_hooks_raise_clear_errors():
+    process = EDM()
+    model = MIXTURE_2D.denoiser(process)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="either noise .* or x_start"):
+        diffuse.sample(model, process, x, x_start=x, t_start=0.5)
+    with pytest.raises(ValueError, match="either noise"):
+        diffuse.sample(model, process)
+    with pytest.raises(ValueError, match="x_start and t_start go together"):
+        diffuse.sample(model, process, x_start=x)
+    with pytest.raises(ValueError, match=r"t_start must lie in \(2.5e-05, 1\]"):
+        diffuse.sample(model, process, x_start=x, t_start=1.5)
+    with pytest.raises(ValueError, match="first time is where sampling starts"):
+        diffuse.sample(model, process, x_start=x, t_start=0.5, schedule=[0.4, 0.1])
+    with pytest.raises(ValueError, match="'leading' spacing does not begin at the top"):
+        ddpm = VP.from_betas("linear")
+        diffuse.sample(MIXTURE_2D.denoiser(ddpm), ddpm, x_start=x, t_start=0.5, schedule="leading")
+    with pytest.raises(ValueError, match="not one of the discrete process's steps"):
+        diffuse.sample(MIXTURE_2D.denoiser(ddpm), ddpm, x_start=x, t_start=0.5005, schedule="trailing")
+    with pytest.raises(ValueError, match="no steps for a hook"):
+        diffuse.sample(model, process, x, sampler="adaptive", hook=lambda x, i, t: x)
+    with pytest.raises(ValueError, match=r"the step hook returned \(2, 2\)"):
+        diffuse.sample(model, process, x, sampler="euler", hook=lambda x, i, t: x[:2])

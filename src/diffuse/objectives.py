@@ -22,6 +22,9 @@
   where a sample's layout is decided.
 
 A loss object holds only these choices; calling it is a pure function of (model, x0, cond, generator).
+An optional `mask` (True or 1 at real elements, broadcastable to x0) leaves padding out: each
+sample's squared error is averaged over its own real elements, so a short audio clip or a small
+molecule in a padded batch is weighted as if it had been alone.
 """
 
 from __future__ import annotations
@@ -131,10 +134,14 @@ class DenoisingLoss:
         return x0_weight(self.weighting, c, self.gamma, self.sigma_data) * scale**2
 
     def __call__(self, model, x0: torch.Tensor, cond: dict | None = None,
-                 generator: torch.Generator | None = None, *, per_sample: bool = False) -> torch.Tensor:
-        """Mean weighted loss over the batch (or the per-sample losses [B])."""
+                 generator: torch.Generator | None = None, *, mask: torch.Tensor | None = None,
+                 per_sample: bool = False) -> torch.Tensor:
+        """Mean weighted loss over the batch (or the per-sample losses [B]); `mask` as in the
+        module docstring."""
         if x0.ndim < 2:
             raise ValueError(f"x0 must be batched [B, ...], got shape {tuple(x0.shape)}")
+        if mask is not None:
+            mask = check_mask(mask, x0)
         t = sample_times(self.process, x0.shape[0], self.time_sampling, generator, **self.time_options)
         t = t.to(x0.device)
         noise_device = generator.device if generator is not None else x0.device
@@ -148,5 +155,26 @@ class DenoisingLoss:
         # at least float32 (bf16 outputs), float64 when the data is
         dtype = torch.promote_types(out.dtype, torch.float32)
         squared = (out.to(dtype) - target.to(dtype)) ** 2
-        per = self.weight(c).to(squared.device, dtype) * squared.flatten(1).mean(1)
+        if mask is None:
+            error = squared.flatten(1).mean(1)
+        else:
+            real = mask.to(dtype).expand_as(squared).flatten(1)
+            error = (squared.flatten(1) * real).sum(1) / real.sum(1)
+        per = self.weight(c).to(squared.device, dtype) * error
         return per if per_sample else per.mean()
+
+
+def check_mask(mask: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """A loss mask as given, once it is known to broadcast to x0 and to keep at least one element
+    of every sample (a sample of padding only has no error to average)."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim != x0.ndim or mask.shape[0] != x0.shape[0]:
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"the loss mask must be a tensor [B, ...] of x0's rank, broadcastable to x0 "
+                         f"{tuple(x0.shape)}; got {shape}")
+    try:
+        torch.broadcast_shapes(mask.shape, x0.shape)
+    except RuntimeError:
+        raise ValueError(f"the loss mask {tuple(mask.shape)} does not broadcast to x0 {tuple(x0.shape)}") from None
+    if not (mask.flatten(1) != 0).any(1).all():
+        raise ValueError("the loss mask leaves a sample with no real element")
+    return mask.to(x0.device)

@@ -24,8 +24,9 @@ _f64 = torch.float64
 
 
 def _as_time(t) -> torch.Tensor:
-    """Times as a float64 tensor (scalars and lists are accepted)."""
-    t = torch.as_tensor(t)
+    """Times as a float64 tensor (scalars and lists are accepted). Python numbers go straight to
+    float64: through torch's default float32 they would lose digits (0.259 -> 0.25900000333)."""
+    t = torch.as_tensor(t) if isinstance(t, torch.Tensor) else torch.as_tensor(t, dtype=_f64)
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"time must be a real tensor, got dtype {t.dtype}")
     return t.to(_f64)

@@ -2,8 +2,10 @@
 
 `sample()` is the one call a user writes. It turns the model's prediction into the denoiser
 D(x, i) that every sampler works with, builds the grid of noise levels from a step schedule, and
-hands both to the sampler function named. Samplers keep no state between calls and take all
-randomness from the generator given, so they can run in many threads at once.
+hands both to the sampler function named. Sampling starts from pure noise at t_max, or from a given
+state `x_start` at a given time `t_start` (a partly noised image: SDEdit, restarts); a step hook
+may replace the state at the start of every step. Samplers keep no state between calls and take
+all randomness from the generators given, so they can run in many threads at once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..parameterization import PathCoefficients, check_prediction, to_x0
 from ..process import GaussianPath
 from .adaptive import adaptive
 from .ancestral import ddim, ddpm, euler_ancestral
-from .base import Grid
+from .base import Generators, Grid
 from .dpm_solver import dpmpp_2m, dpmpp_2s, dpmpp_3m, sde_dpmpp_2m, sde_dpmpp_3m
 from .ode import euler, heun
 from .sde import pc, sde
@@ -68,10 +70,10 @@ class GridDenoiser:
 
     def __init__(self, model, process: GaussianPath, grid: Grid, prediction: str, batch: int,
                  device: torch.device, cond: dict, clip_denoised: float | None = None,
-                 callback: Callable | None = None):
+                 callback: Callable | None = None, hook: Callable | None = None):
         self.model, self.process, self.grid, self.prediction = model, process, grid, prediction
         self.batch, self.device, self.cond = batch, device, cond
-        self.clip_denoised, self.callback = clip_denoised, callback
+        self.clip_denoised, self.callback, self.hook = clip_denoised, callback, hook
         # the grid's own alpha and sigma (and derivatives, once, if needed) as Python numbers
         if prediction == "velocity":
             d_alpha, d_sigma = (d.tolist() for d in process.derivatives(grid.t))
@@ -87,6 +89,18 @@ class GridDenoiser:
 
     def __call__(self, x: torch.Tensor, i: int) -> torch.Tensor:
         return self._evaluate(x, self.times[i], self.coefficients[i], i)
+
+    def begin(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """The state at grid time t_i as step i begins, after the step hook (if any) has seen it;
+        i = grid.steps is the final clean sample (t = 0)."""
+        if self.hook is None:
+            return x
+        t = float(self.grid.t[i]) if i < self.grid.steps else 0.0
+        out = self.hook(x, i, t)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the step hook returned {shape} for a state of shape {tuple(x.shape)}")
+        return out.to(x.dtype)
 
     def at(self, x: torch.Tensor, t) -> torch.Tensor:
         """D at any time: a number, or a float64 tensor [B] of one time per sample."""
@@ -110,24 +124,33 @@ class GridDenoiser:
         return x0
 
 
-def sample(model, process: GaussianPath, noise: torch.Tensor, sampler: str = "dpmpp_2m",
-           steps: int | None = None, prediction: str | None = None,
-           generator: torch.Generator | None = None, *, schedule="auto", cond: dict | None = None,
-           clip_denoised: float | None = None, callback: Callable | None = None,
+def sample(model, process: GaussianPath, noise: torch.Tensor | None = None, sampler: str = "dpmpp_2m",
+           steps: int | None = None, prediction: str | None = None, generator=None, *, schedule="auto",
+           cond: dict | None = None, x_start: torch.Tensor | None = None, t_start: float | None = None,
+           hook: Callable | None = None, clip_denoised: float | None = None, callback: Callable | None = None,
            return_nfe: bool = False, **options):
-    """Draw samples by integrating the reverse process from `noise` to clean data.
+    """Draw samples by integrating the reverse process to clean data, from `noise` at t_max or from
+    `x_start` at `t_start`.
 
     model       any callable model(x, t, **cond) -> prediction, t a float64 tensor [B] of process time
     process     the Gaussian path the model was trained on
     noise       standard normal, of the output's shape; scaled here to the prior at t_max
+    x_start     instead of noise: a state x_t at time `t_start` (e.g. process.add_noise(image, t_start, eps)),
+                used as it is; the schedule's steps then run from t_start down
     sampler     one of `available()`
     steps       number of sampler steps (the number of model calls depends on the sampler);
                 None means 10 for a named schedule, or the length of an explicit one
     prediction  what the model outputs ('eps', 'x0', 'v', 'score', 'velocity'); defaults to
                 `model.prediction` when the model declares it
+    generator   a torch.Generator for the whole batch, or `Generators` (one per sample, e.g.
+                Generators.seeded(seed, start, count)), so a sample does not depend on its batch
     schedule    a name from `diffuse.samplers.SCHEDULES` ('auto' = the process's default), or an
-                explicit decreasing array of times
+                explicit decreasing array of times (starting at t_start when one is given)
     cond        keyword arguments passed to every model call (labels, text embeddings, ...)
+    hook        hook(x, i, t) -> x, called with the state at grid time t_i as step i begins (and with
+                the final sample, i = steps, t = 0); what it returns replaces the state. A sampler
+                that reuses an evaluation across steps (unipc's corrector) calls it after the correction
+    callback    callback({"i", "t", "x", "denoised"}) after every model evaluation, read-only
     return_nfe  also return the number of model evaluations used: (x, nfe)
     options     the sampler's own options (e.g. eta for ddim)
     """
@@ -141,20 +164,31 @@ def sample(model, process: GaussianPath, noise: torch.Tensor, sampler: str = "dp
         if prediction is None:
             raise ValueError("say what the model predicts: prediction='eps' | 'x0' | 'v' | 'score' | 'velocity'")
     check_prediction(prediction)
-    if not isinstance(noise, torch.Tensor) or not noise.is_floating_point() or noise.ndim < 1:
-        raise ValueError("noise must be a floating-point tensor of shape [B, ...]")
+    if (noise is None) == (x_start is None):
+        raise ValueError("give either noise (a start from the prior at t_max) or x_start with t_start")
+    if (x_start is None) != (t_start is None):
+        raise ValueError("x_start and t_start go together: the state and the time it is at")
+    start = noise if x_start is None else x_start
+    if not isinstance(start, torch.Tensor) or not start.is_floating_point() or start.ndim < 1:
+        name = "noise" if x_start is None else "x_start"
+        raise ValueError(f"{name} must be a floating-point tensor of shape [B, ...]")
+    if isinstance(generator, Generators) and len(generator) != start.shape[0]:
+        raise ValueError(f"{len(generator)} per-sample generators for a batch of {start.shape[0]}")
+    if hook is not None and fn is adaptive:
+        raise ValueError("the adaptive sampler chooses its own steps; it has no steps for a hook to run between")
     if steps is None and isinstance(schedule, str):
         steps = 10
-    grid = Grid.from_times(process, make_times(process, schedule, steps))
+    grid = Grid.from_times(process, make_times(process, schedule, steps, t_start=t_start))
     if grid.a(0) == 0 and prediction in ("eps", "score"):
         raise ValueError(f"at t={float(grid.t[0])} the process has zero SNR, where an {prediction!r} "
                          "prediction cannot recover x0; use a v, x0 or velocity model, or start at t < 1")
-    denoise = GridDenoiser(model, process, grid, prediction, noise.shape[0], noise.device,
-                           cond or {}, clip_denoised, callback)
-    x = noise * process.prior_std
+    denoise = GridDenoiser(model, process, grid, prediction, start.shape[0], start.device,
+                           cond or {}, clip_denoised, callback, hook)
+    x = noise * process.prior_std if x_start is None else x_start
     with torch.no_grad():
-        x = fn(denoise, x, grid, generator, **options)
+        x = denoise.begin(fn(denoise, x, grid, generator, **options), grid.steps)
     return (x, denoise.calls) if return_nfe else x
 
 
-__all__ = ["available", "get", "sample", "Grid", "GridDenoiser", "SCHEDULES", "make_times", *_SAMPLERS]
+__all__ = ["available", "get", "sample", "Grid", "GridDenoiser", "Generators", "SCHEDULES",
+           "make_times", *_SAMPLERS]

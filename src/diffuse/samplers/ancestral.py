@@ -42,6 +42,7 @@ def ddim(denoise, x, grid: Grid, generator=None, *, eta: float = 0.0):
     for i in range(grid.steps):
         # eta > 1 asks for more noise than the step has room for; cap it at sigma_{i+1}^2
         var = min(eta**2 * posterior_variance(grid, i), grid.s(i + 1) ** 2)
+        x = denoise.begin(x, i)
         x = ancestral_step(x, denoise(x, i), grid, i, var, var, generator)
     return x
 
@@ -63,5 +64,6 @@ def ddpm(denoise, x, grid: Grid, generator=None, *, variance: str = "small"):
         noise_var = var
         if variance == "large" and grid.s(i + 1) > 0:
             noise_var = grid.s(i) ** 2 - (grid.a(i) / grid.a(i + 1) * grid.s(i + 1)) ** 2
+        x = denoise.begin(x, i)
         x = ancestral_step(x, denoise(x, i), grid, i, var, noise_var, generator)
     return x

@@ -4,7 +4,10 @@ A sampler is a pure function `sampler(denoise, x, grid, generator, **options) ->
 - `grid` holds the times t_0 > ... > t_{N-1} at which the model may be called, and alpha, sigma
   (float64) at those times plus a final clean point (alpha = 1, sigma = 0);
 - `denoise(x, i)` calls the model at grid time t_i and returns E[x0 | x_t], whatever the model
-  predicts.
+  predicts; `x = denoise.begin(x, i)` at the start of step i hands the state at t_i to the
+  caller's step hook, which may replace it (RePaint, measurement guidance);
+- `generator` is one generator for the whole batch, or one per sample (`Generators`), so that a
+  sample's noise depends on its own stream only, not on the batch it is drawn in.
 Everything a sampler derives (eps, y = x/alpha, rho = sigma/alpha, lambda) comes from these.
 """
 
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..process import GaussianPath
+from ..randomness import seeded
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,26 @@ def eps_from_x0(x: torch.Tensor, x0: torch.Tensor, grid: Grid, i: int) -> torch.
     return (x - grid.a(i) * x0) / grid.s(i)
 
 
-def gaussian_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise of x's shape; drawn on the generator's device so that a seeded CPU
-    generator gives the same numbers whatever device x lives on."""
+class Generators(tuple):
+    """One random generator per sample (EDM's per-sample generators): row k of every draw comes
+    from generator k alone, so a sample is a function of its own seed, whatever its batch."""
+
+    @classmethod
+    def seeded(cls, seed: int, start: int, count: int) -> "Generators":
+        """The generators of samples start .. start + count - 1 of a run seeded by `seed`."""
+        return cls(seeded(seed, k) for k in range(start, start + count))
+
+    def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
+        """[len(self), *shape] standard normal, row k from generator k (a batch's starting noise)."""
+        return torch.stack([torch.randn(tuple(shape), generator=g, dtype=dtype) for g in self])
+
+
+def gaussian_like(x: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise of x's shape, drawn on the generator's device so that a seeded CPU
+    generator gives the same numbers whatever device x lives on; with `Generators`, row k from
+    generator k."""
+    if isinstance(generator, Generators):
+        rows = [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]
+        return torch.stack(rows).to(x.device)
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)

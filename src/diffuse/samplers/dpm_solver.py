@@ -52,6 +52,7 @@ def _multistep_order(order: int, i: int, steps: int, lower_order_final: bool, st
 def _dpmpp_multistep(denoise, x, grid: Grid, order: int, lower_order_final: bool, eta: float, generator):
     history: list[tuple] = []  # (D_j, h_j) of the previous steps, newest last
     for i in range(grid.steps):
+        x = denoise.begin(x, i)
         x0 = denoise(x, i)
         if grid.s(i + 1) == 0:  # the last step: lambda = inf, every order gives x = D
             return x0
@@ -111,6 +112,7 @@ def dpmpp_2s(denoise, x, grid: Grid, generator=None, *, r: float = 0.5):
         raise ValueError(f"r must lie in (0, 1), got {r}")
     process = grid.process
     for i in range(grid.steps):
+        x = denoise.begin(x, i)
         x0 = denoise(x, i)
         h = grid.lam(i + 1) - grid.lam(i)
         d = x0

@@ -28,6 +28,7 @@ def _euler_step(x, x0, grid: Grid, i: int):
 
 def euler(denoise, x, grid: Grid, generator=None):
     for i in range(grid.steps):
+        x = denoise.begin(x, i)
         x, _ = _euler_step(x, denoise(x, i), grid, i)
     return x
 
@@ -49,6 +50,7 @@ def heun(denoise, x, grid: Grid, generator=None, *, churn: float = 0.0, s_tmin: 
     if churn < 0:
         raise ValueError(f"churn must be non-negative, got {churn}")
     for i in range(grid.steps):
+        x = denoise.begin(x, i)
         gamma = min(churn / grid.steps, math.sqrt(2) - 1) if churn and grid.a(i) > 0 and \
             s_tmin <= grid.rho(i) <= s_tmax else 0.0
         if gamma > 0:

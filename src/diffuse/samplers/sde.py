@@ -26,6 +26,7 @@ def sde(denoise, x, grid: Grid, generator=None, *, corrector_steps: int = 0, snr
         raise ValueError("corrector_steps must be >= 0 and snr > 0")
     d_alpha, d_sigma = grid.process.derivatives(grid.t)
     for i in range(grid.steps):
+        x = denoise.begin(x, i)
         x0 = denoise(x, i)
         if grid.s(i + 1) == 0:
             return x0

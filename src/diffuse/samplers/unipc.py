@@ -93,12 +93,17 @@ def unipc(denoise, x, grid: Grid, generator=None, *, order: int = 2, variant: st
     history = []   # (lambda_j, D_j) of earlier points with finite lambda, oldest first
     last = None    # the previous predictor step, (x_i, D_i, i, h, points), for the corrector
     for i in range(grid.steps):
+        if last is None:
+            x = denoise.begin(x, i)
         d = denoise(x, i)
         if grid.s(i + 1) == 0:
             return d  # sigma_{i+1} = 0: the step is x = D; a correction of x would be multiplied by 0
         if last is not None:
             x_prev, d_prev, j, h_prev, points = last
             x = _step(x_prev, d_prev, grid, j, h_prev, points + [(1.0, d)], variant)
+            # the hook sees the corrected state, which the next step starts from; D_i stays the
+            # evaluation at the predicted point, as UniC reuses it
+            x = denoise.begin(x, i)
         lam, h = grid.lam(i), grid.lam(i + 1) - grid.lam(i)
         p = min(order, len(history) + 1)
         if lower_order_final:
