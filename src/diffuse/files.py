@@ -1,0 +1,61 @@
+"""Files replaced in one step: every file a user gets is written beside its destination and
+renamed over it, so a failure at any moment (a full disk, a kill) leaves the old file or the new
+one, never a partial one.
+
+`atomic_write(path)` is the one mechanism: it yields an open temporary file in the destination's
+folder; on a clean exit the file is flushed, synced and renamed into place, on an exception it is
+removed and the destination is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (where the platform lets a folder be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb"):
+    """Open a temporary sibling of `path` for writing; rename it over `path` on success.
+
+    The temporary file is a hidden `.NAME.XXXX` in the same folder (a rename across file systems
+    would not be atomic). Its permissions are the ordinary 0o644, not mkstemp's private 0o600.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Replace a text file in one step."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    """Replace a binary file in one step."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
