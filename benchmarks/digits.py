@@ -22,9 +22,9 @@ is reported. The samples are scored by diffuse.metrics.evaluate against the test
              below 1/3, and Carlini et al.'s normalised l2 below 1/3 (ratio / normalised)
 
 Contestants
-  ours    `diffuse train --data DATA --cond class` with its default recipe (TrainConfig()), the
-          `steps` horizon of the learning-rate decay set from a short calibration so that the
-          decay ends with the budget; sampled with the recipe's sampler (Heun, 18 steps = 35 NFE).
+  ours    `diffuse train --recipe digits --data DATA` (diffuse.recipes), the `steps` horizon of the
+          learning-rate decay set from a short calibration so that the decay ends with the budget;
+          sampled with the recipe's sampler (Heun, 18 steps = 35 NFE).
   peer    diffusers' standard recipe: UNet2DModel (32/64 channels, attention at the lower level,
           class embeddings) predicting eps, DDPMScheduler (linear betas, 1000 steps), uniform
           timesteps, MSE, AdamW lr 1e-4 (weight decay 1e-6) with 500 warmup steps and cosine decay
@@ -45,23 +45,27 @@ from budget import Spent, set_threads, timed, train_budgeted  # first: it sets O
 
 import torch
 
+import dataclasses
+
 from diffuse.data import load_dataset
-from diffuse.metrics import evaluate, floor
-from diffuse.metrics.classifier import load_or_train_classifier
-from diffuse.training import TrainConfig, Trainer
-from diffuse.training.sampling import generate, starting_noise
+from diffuse.metrics import evaluate, feature_network, floor
+from diffuse.recipes import recipe
+from diffuse.samplers import Generators
+from diffuse.training import Engine
 
 # -- ours ------------------------------------------------------------------------------------------
 
 def run_ours(data: str, cpu_minutes: float, labels: torch.Tensor, nfe: int, overrides: dict, workdir: str,
              fixed_steps: int | None):
-    trainer = Trainer(TrainConfig(data=data, cond="class", **overrides), workdir, progress=False)
-    spent = train_budgeted(trainer.train_step, cpu_minutes, lambda n: setattr(trainer.config, "steps", n), fixed_steps)
-    sample_steps = (nfe + 1) // 2 if trainer.config.sampler == "heun" else nfe
-    images, cpu, wall = timed(lambda: generate(trainer.ema, trainer.config, trainer.image_shape, len(labels),
-                                               labels=labels, steps=sample_steps, seed=1))
-    params = sum(p.numel() for p in trainer.model.parameters())
-    return images, spent, cpu, wall, params, trainer.config
+    engine = Engine(recipe("digits").updated(data=data, **overrides), workdir, progress=False)
+    train = engine.config.train
+    spent = train_budgeted(engine.train_step, cpu_minutes,
+                           lambda n: setattr(engine.config, "train", dataclasses.replace(train, steps=n)), fixed_steps)
+    sample_steps = (nfe + 1) // 2 if engine.config.task.sampler == "heun" else nfe
+    pipeline = engine.task.pipeline(engine.ema)
+    images, cpu, wall = timed(lambda: pipeline.sample(len(labels), labels=labels, steps=sample_steps, seed=1))
+    params = sum(p.numel() for p in engine.model.parameters())
+    return images, spent, cpu, wall, params, engine.config
 
 
 # -- the diffusers peer ----------------------------------------------------------------------------
@@ -120,7 +124,7 @@ def run_peer(data: str, cpu_minutes: float, labels: torch.Tensor, nfe: int, batc
     def draw():
         sampler = DPMSolverMultistepScheduler.from_config(scheduler.config)
         sampler.set_timesteps(nfe)
-        noise = starting_noise(train.shape, 0, len(labels), seed=1) * sampler.init_noise_sigma
+        noise = Generators.seeded(1, 0, len(labels)).randn(train.shape) * sampler.init_noise_sigma  # ours, too
         out = []
         for start in range(0, len(labels), 500):
             y, x = labels[start:start + 500], noise[start:start + 500]
@@ -155,7 +159,7 @@ def main(argv=None) -> None:
                                                    "(for comparing recipes at equal steps on a busy machine)")
     parser.add_argument("--only", choices=["ours", "peer"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                        help="override a field of our TrainConfig, e.g. --set lr=1e-3")
+                        help="override a field of our run config by name, e.g. --set lr=1e-3 (RunConfig.updated)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 0.3 CPU-minutes, 100 samples")
     parser.add_argument("--json", help="also write the scores here")
     args = parser.parse_args(argv)
@@ -168,9 +172,9 @@ def main(argv=None) -> None:
 
     test = load_dataset(args.data, "test")
     labels = test.labels[:100 if args.quick else args.n]
-    classifier = load_or_train_classifier(args.data)
+    classifier = feature_network(args.data)
     fd_floor = floor(args.data, classifier, n=len(labels))["fd"]
-    batch = overrides.get("batch_size", TrainConfig.batch_size)
+    batch = overrides.get("batch_size", recipe("digits").train.batch_size)
 
     print(f"# {args.data}: {cpu_minutes:g} CPU-minutes of training each, torch threads = {args.threads}, "
           f"{len(labels)} samples at {args.nfe} NFE; command: python benchmarks/{' '.join(['digits.py', *sys.argv[1:]])}",

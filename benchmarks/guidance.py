@@ -8,10 +8,10 @@ guidance beside it, and compositional prompts on shapes.
 
 Digits
 ------
-A class-conditional model trained with the default recipe of `diffuse train --data digits --cond
-class` for --cpu-minutes of process CPU time (label dropout 0.1 teaches the same network the
-null class, i.e. the unconditional model), unless --digits-run names a trained run; and a
-noise-aware classifier (`diffuse train-classifier`'s default) on the same process for
+A class-conditional model trained with the digits recipe (`diffuse train --recipe digits`) for
+--cpu-minutes of process CPU time (label dropout 0.1 teaches the same network the null class,
+i.e. the unconditional model), unless --digits-run names a trained run; and a noise-aware
+classifier (`diffuse train --task classifier`'s default) on the same process for
 --classifier-minutes. One sample per test image, with the test split's labels, Heun 18 steps:
 
   CFG w      (1 + w) D(x, c) - w D(x, null) for w in W (w = 0 is the conditional model)
@@ -24,7 +24,7 @@ accuracy against FD is drawn to --plot.
 
 Shapes
 ------
-A text-conditioned model of `shapes` (trained here for --shapes-minutes with SHAPES_RECIPE, or --shapes-run):
+A text-conditioned model of `shapes` (trained here for --shapes-minutes with the shapes recipe, or --shapes-run):
 one sample per caption of the test split (seen attribute combinations) and of the held-out split
 (combinations never seen in training), for w in W; the score is exact-caption accuracy, the
 fraction of images that the programmatic detector reads back as exactly their caption (colours,
@@ -55,51 +55,40 @@ from budget import set_threads, timed, train_budgeted  # first: it sets OpenMP's
 
 import torch
 
-from diffuse.data import load_dataset
+import diffuse
+from diffuse.data import TensorDataset, load_dataset
 from diffuse.data.shapes import parse_caption
+from diffuse.data.shapes.scoring import caption_loss_rise, exact_caption_accuracy
 from diffuse.guidance import ClassifierGuidance
-from diffuse.metrics import evaluate, floor
-from diffuse.metrics.classifier import load_or_train_classifier
+from diffuse.metrics import evaluate, feature_network, floor
 from diffuse.plotting import save_lines
-from diffuse.samplers import sample
-from diffuse.text import WordTokenizer
-from diffuse.training import (ClassifierTrainConfig, ClassifierTrainer, TrainConfig, Trainer, caption_loss_rise,
-                              exact_caption_accuracy, generate, load_model)
-from diffuse.training.sampling import starting_noise
+from diffuse.recipes import recipe
+from diffuse.samplers import Generators, sample
+from diffuse.training import ClassifierTaskConfig, Engine, RunConfig
 
 CFG_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 CLASSIFIER_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0)
 SHAPES_WEIGHTS = (0.0, 1.0, 3.0, 5.0, 8.0)
 SAMPLE_SEED = 1
-# The text model of the shapes part: a narrow U-Net (16 channels at 32x32, 64 at 8x8) that cross-attends
-# to the text at 8x8 only. Per CPU-second it trained better than the default text U-Net (5x the cost per
-# step) and than a pixel DiT with 4x4 patches (blocky, fragmented objects after 20 CPU-minutes). Noise
-# levels are drawn around sigma = 1.6 with a wider spread (p_mean 0.5, p_std 1.5) rather than EDM's -1.2
-# and 1.2, as an object's place is decided at high noise: with the captions in canonical wording, 3000
-# steps reached 99.7% / 99.3% exact captions (seen / held-out, w = 1) this way against 68% / 61% with
-# p_mean 0. The text encoder is causal and stays at its random initialisation (text_lr_scale 0): trained
-# jointly (at 1x or 0.1x the learning rate, or after 1000 frozen steps) the model did not learn which
-# object goes where in the 1000-2000 steps run (relation-reversed loss rise 0.0-0.1%), and at 1x the
-# encoder's outputs for "left" and "right" were 6% apart after 2000 steps; frozen, the U-Net learns to
-# read the side from the causal encoder's features (README, "Guidance").
-SHAPES_RECIPE = dict(network={"kind": "text", "causal": True,
-                              "denoiser": {"kind": "unet", "channels": 16, "channel_mults": [1, 2, 4],
-                                           "num_res_blocks": 1, "attention_levels": [2], "norm_groups": 8,
-                                           "pooled_context": True, "position_code": True}},
-                     text_lr_scale=0.0, time_options={"p_mean": 0.5, "p_std": 1.5}, batch_size=64, lr=2e-3,
-                     ema_decay=0.998)
+
+
+def budgeted(engine: Engine, cpu_minutes: float):
+    """Train for `cpu_minutes` of CPU time, the learning-rate horizon set to the steps that fit."""
+    train = engine.config.train
+    return train_budgeted(engine.train_step, cpu_minutes,
+                          lambda n: setattr(engine.config, "train", dataclasses.replace(train, steps=n)))
 
 
 def train_digits(cpu_minutes: float, workdir: str):
-    trainer = Trainer(TrainConfig(data="digits", cond="class"), workdir, progress=False)
-    spent = train_budgeted(trainer.train_step, cpu_minutes, lambda n: setattr(trainer.config, "steps", n))
-    return trainer.ema.eval(), trainer.config, spent
+    engine = Engine(recipe("digits"), workdir, progress=False)
+    spent = budgeted(engine, cpu_minutes)
+    return engine.task.pipeline(engine.ema.eval()), spent
 
 
 def train_classifier(cpu_minutes: float, workdir: str):
-    trainer = ClassifierTrainer(ClassifierTrainConfig(data="digits"), workdir, progress=False)
-    spent = train_budgeted(trainer.train_step, cpu_minutes, lambda n: setattr(trainer.config, "steps", n))
-    return trainer.classifier.eval(), spent
+    engine = Engine(RunConfig(ClassifierTaskConfig(), "digits"), workdir, progress=False)
+    spent = budgeted(engine, cpu_minutes)
+    return engine.averaged.eval(), spent
 
 
 class UnconditionalMode:
@@ -114,25 +103,25 @@ class UnconditionalMode:
 
 @torch.no_grad()
 def classifier_guided(model, classifier, scale: float, labels: torch.Tensor, shape, steps: int) -> torch.Tensor:
-    """The unconditional mode guided by the classifier, from the same noise as `generate`."""
+    """The unconditional mode guided by the classifier, from the same noise as the pipeline's."""
     num_classes = model.net.config.num_classes
     guided = ClassifierGuidance(UnconditionalMode(model, num_classes), classifier, model.process, scale)
-    noise = starting_noise(shape, 0, len(labels), SAMPLE_SEED)
-    return sample(guided, model.process, noise, sampler="heun", steps=steps, prediction=model.prediction,
-                  cond={"labels": labels})
+    generators = Generators.seeded(SAMPLE_SEED, 0, len(labels))
+    return sample(guided, model.process, generators.randn(shape), sampler="heun", steps=steps,
+                  prediction=model.prediction, cond={"labels": labels}, generator=generators)
 
 
 def digits_part(args, out_rows: list[str]) -> None:
     test = load_dataset("digits", "test")
     labels = test.labels[:100] if args.quick else test.labels
-    metric = load_or_train_classifier("digits")
+    metric = feature_network("digits")
     fd_floor = floor("digits", metric, n=len(labels))["fd"]
     with tempfile.TemporaryDirectory() as workdir:
         if args.digits_run:
-            model, config, _ = load_model(args.digits_run)
+            pipeline = diffuse.load(args.digits_run)
             trained = f"the run {args.digits_run}"
         else:
-            model, config, spent = train_digits(args.cpu_minutes, workdir + "/model")
+            pipeline, spent = train_digits(args.cpu_minutes, workdir + "/model")
             trained = f"{spent.steps} steps, {spent.cpu_seconds / 60:.1f} CPU-min ({spent.wall_seconds / 60:.1f} wall)"
         classifier, cspent = train_classifier(args.classifier_minutes, workdir + "/classifier")
     print(f"# digits: model {trained}; noise-aware classifier {cspent.steps} steps, "
@@ -152,11 +141,12 @@ def digits_part(args, out_rows: list[str]) -> None:
 
     weights = CFG_WEIGHTS[:3] if args.quick else CFG_WEIGHTS
     for w in weights:
-        images, _, wall = timed(lambda: generate(model, config, test.shape, len(labels), labels=labels, guidance=w,
-                                                 steps=args.sample_steps, seed=SAMPLE_SEED))
+        images, _, wall = timed(lambda: pipeline.sample(len(labels), labels=labels, guidance=w, steps=args.sample_steps,
+                                                        seed=SAMPLE_SEED))
         score("CFG", w, images, wall, "classifier-free (w)")
     for s in (CLASSIFIER_SCALES[:2] if args.quick else CLASSIFIER_SCALES):
-        images, _, wall = timed(lambda: classifier_guided(model, classifier, s, labels, test.shape, args.sample_steps))
+        images, _, wall = timed(lambda: classifier_guided(pipeline.model, classifier, s, labels, test.shape,
+                                                          args.sample_steps))
         score("classifier", s, images, wall, "classifier (s)")
     Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     save_lines(curves, args.plot, title="digits: accuracy against FD as guidance grows",
@@ -164,9 +154,11 @@ def digits_part(args, out_rows: list[str]) -> None:
     print(f"curve: {args.plot}")
 
 
-def canonical_wording(dataset):
+def canonical_wording(dataset: TensorDataset) -> TensorDataset:
     """`dataset` with each caption in the wording of its picture that uses "left of" or "above"."""
-    return dataclasses.replace(dataset, captions=[str(parse_caption(c).canonical()) for c in dataset.captions])
+    return TensorDataset(dataset.data, dataset.labels, dataset.class_names, dataset.name,
+                         [str(parse_caption(c).canonical()) for c in dataset.captions], modality=dataset.modality,
+                         source=dataset.source)
 
 
 def shapes_part(args, out_rows: list[str]) -> None:
@@ -175,30 +167,27 @@ def shapes_part(args, out_rows: list[str]) -> None:
     splits = {name: wording(load_dataset("shapes", name, n=n)) for name in ("test", "heldout")}
     with tempfile.TemporaryDirectory() as workdir:
         if args.shapes_run:
-            model, config, data = load_model(args.shapes_run)
-            tokenizer = WordTokenizer.from_dict(data["tokenizer"])
-            trained = f"the run {args.shapes_run}"
+            pipeline = diffuse.load(args.shapes_run)
+            run, trained = pipeline.config, f"the run {args.shapes_run}"
         else:
-            recipe = {**SHAPES_RECIPE, "text_lr_scale": args.text_lr_scale,
-                      "network": {**SHAPES_RECIPE["network"], "causal": not args.bidirectional}}
-            trainer = Trainer(TrainConfig(data="shapes", cond="text", **recipe), workdir, progress=False,
-                              dataset=wording(load_dataset("shapes", "train")))
-            spent = train_budgeted(trainer.train_step, args.shapes_minutes,
-                                   lambda k: setattr(trainer.config, "steps", k))
-            model, config, tokenizer = trainer.ema.eval(), trainer.config, trainer.tokenizer
+            config = recipe("shapes")
+            network = {**config.task.network, "causal": not args.bidirectional}
+            config = config.updated(text_lr_scale=args.text_lr_scale, network=network)
+            engine = Engine(config, workdir, progress=False, dataset=wording(load_dataset("shapes", "train")))
+            spent = budgeted(engine, args.shapes_minutes)
+            pipeline, run = engine.task.pipeline(engine.ema.eval()), engine.config
             trained = f"{spent.steps} steps, {spent.cpu_seconds / 60:.1f} CPU-min ({spent.wall_seconds / 60:.1f} wall)"
+    encoder = (f"{'causal' if run.task.network.get('causal') else 'bidirectional'} text encoder at "
+               f"text_lr_scale {run.task.text_lr_scale:g}")
     words = "canonical wording only" if args.canonical_wording else "captions as worded in the data"
-    encoder = (f"{'causal' if config.network.get('causal') else 'bidirectional'} text encoder at "
-               f"text_lr_scale {config.text_lr_scale:g}")
     print(f"# shapes: text model {trained}, {encoder}; {n} captions per split; {words}", flush=True)
     out_rows += ["", f"Shapes, exact-caption accuracy ({words})", "",
                  "| w | seen (test) | held-out | sample s |", "|---|---|---|---|"]
     for w in (SHAPES_WEIGHTS[:2] if args.quick else SHAPES_WEIGHTS):
         scores, seconds = [], 0.0
         for split in splits.values():
-            score, _, wall = timed(lambda: exact_caption_accuracy(
-                model, config, tokenizer, split.captions, split.shape, guidance=w, steps=args.sample_steps,
-                seed=SAMPLE_SEED))
+            score, _, wall = timed(lambda: exact_caption_accuracy(pipeline, split.captions, guidance=w,
+                                                                  steps=args.sample_steps, seed=SAMPLE_SEED))
             scores.append(score)
             seconds += wall
         out_rows.append(f"| {w:g} | {scores[0]:.3f} | {scores[1]:.3f} | {seconds:.0f} |")
@@ -206,7 +195,7 @@ def shapes_part(args, out_rows: list[str]) -> None:
     out_rows += ["", "Training loss with the captions altered, against the captions themselves", "",
                  "| split | colours traded | shapes traded | relation reversed | null text |", "|---|---|---|---|---|"]
     for name, split in splits.items():
-        rise = caption_loss_rise(model, config, tokenizer, split.data, split.captions, seed=SAMPLE_SEED,
+        rise = caption_loss_rise(pipeline, split.data, split.captions, seed=SAMPLE_SEED,
                                  canonical_wording=args.canonical_wording)
         out_rows.append(f"| {name} | " + " | ".join("n/a" if r is None else f"{100 * r:+.2f}%" for r in rise.values())
                         + " |")
@@ -224,7 +213,7 @@ def main(argv=None) -> None:
     parser.add_argument("--shapes-n", type=int, default=500, help="captions per split")
     parser.add_argument("--canonical-wording", action="store_true",
                         help="ablation: train and score on captions in their canonical wording (module docstring)")
-    parser.add_argument("--text-lr-scale", type=float, default=SHAPES_RECIPE["text_lr_scale"],
+    parser.add_argument("--text-lr-scale", type=float, default=recipe("shapes").task.text_lr_scale,
                         help="ablation: the text encoder's learning rate as a multiple of the denoiser's")
     parser.add_argument("--bidirectional", action="store_true", help="ablation: a bidirectional text encoder")
     parser.add_argument("--sample-steps", type=int, default=18)

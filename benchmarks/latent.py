@@ -11,7 +11,7 @@ images, 28x28), each trained for the same CPU time (`--cpu-minutes`, all threads
 benchmarks/budget.py) with the same training settings (EDM process, x0 prediction, batch 64,
 learning rate 1e-3 after 50 warmup steps, EMA):
 
-  pixel U-Net     the trainer's default network for 28x28 images (levels 28 -> 14 -> 7)
+  pixel U-Net     the diffusion task's default network for 28x28 images (levels 28 -> 14 -> 7)
   pixel DiT-XS/4  DiT-XS (`--dit`) on 4x4 pixel patches (`--pixel-patch`): 7x7 = 49 tokens
   latent DiT-XS/1 the same DiT on 1x1 patches of the 7x7x4 latents of a factor-4 KL autoencoder:
                   49 tokens too, so the two DiTs cost the same per step and differ only in what
@@ -20,10 +20,10 @@ learning rate 1e-3 after 50 warmup steps, EMA):
 28 = 4 * 7, so nothing is padded: the U-Net halves 28 twice, patches of 4 tile 28, and the
 autoencoder's factor 4 gives 7x7 latents.
 
-The autoencoder (`AutoencoderTrainer`: factor 4, width 16, 4 latent channels, L1 + 1e-6 KL,
+The autoencoder (the autoencoder task: factor 4, width 16, 4 latent channels, L1 + 1e-6 KL,
 batch 64, learning rate 2e-3) is trained first for its own budget (`--ae-cpu-minutes`, default
 the models' budget), and its reconstruction PSNR on the test split is reported. The latent
-model's trainer then encodes the training set once (posterior means times the scale factor).
+model's task then encodes the training set once (posterior means times the scale factor).
 Neither cost is in the latent model's training budget; the table adds them beside it.
 
 Per model: parameters; training steps and images per CPU-second within the budget; sampling
@@ -62,13 +62,11 @@ import torch
 
 import diffuse
 from diffuse.data import Dataset, load_dataset
-from diffuse.metrics import (evaluate, floor, frechet_distance, load_or_train_classifier,
-                             precision_recall_density_coverage)
+from diffuse.metrics import evaluate, feature_network, floor, frechet_distance, precision_recall_density_coverage
 from diffuse.models import dit_config
 from diffuse.models.autoencoder import AutoencoderConfig
-from diffuse.plotting import save_image_grid
-from diffuse.training import (AutoencoderTrainConfig, AutoencoderTrainer, TrainConfig, Trainer,
-                              default_network, generate)
+from diffuse.plotting import save_class_grid
+from diffuse.training import AutoencoderTaskConfig, DiffusionTaskConfig, Engine, RunConfig, default_network
 
 
 def log(*a) -> None:
@@ -79,7 +77,7 @@ def networks(shape, num_classes: int, dit: str, pixel_patch: int) -> dict[str, d
     """The three models' network configs; None marks the latent model (filled in from the latents)."""
     channels, height, _ = shape
     return {
-        "pixel U-Net": default_network(shape, num_classes),
+        "pixel U-Net": default_network("image", shape, num_classes),
         f"pixel {dit}/{pixel_patch}": dit_config(dit, in_channels=channels, image_size=height,
                                                   patch_size=pixel_patch, num_classes=num_classes),
         f"latent {dit}/1": None,
@@ -87,7 +85,7 @@ def networks(shape, num_classes: int, dit: str, pixel_patch: int) -> dict[str, d
 
 
 def latent_network(dit: str, num_classes: int) -> dict:
-    # in_channels and image_size are left out: the trainer takes them from the latent shape
+    # in_channels and image_size are left out: the task takes them from the latent shape
     net = dit_config(dit, patch_size=1, num_classes=num_classes)
     return {k: v for k, v in net.items() if k not in ("in_channels", "image_size", "out_channels")}
 
@@ -148,7 +146,7 @@ def main(argv=None):
     train_used = subset(train, 2000 if args.quick else None, 1, f"{train.name}-slice")
     log(f"{args.data}: {len(train)} train / {len(test)} test images of shape {train.shape}; "
         f"threads {args.threads}, budget {args.cpu_minutes} CPU-min per model, autoencoder {ae_minutes}")
-    classifier = load_or_train_classifier(args.data, log=log)
+    classifier = feature_network(args.data, log=log)
     n = min(args.n, len(test))
     reference = subset(train, n, 2, f"{train.name}-floor{n}")
     score = Scorer(classifier, test)
@@ -163,15 +161,16 @@ def main(argv=None):
 
     # -- the autoencoder ---------------------------------------------------------------------------
     autoencoder = AutoencoderConfig.for_factor(4, in_channels=train.shape[0], channels=args.ae_channels)
-    ae_config = AutoencoderTrainConfig(data=args.data, autoencoder=autoencoder.to_dict(), batch_size=args.ae_batch_size,
-                                       lr=args.ae_lr, warmup_steps=min(100, args.warmup * 2), seed=0)
+    ae_config = RunConfig(AutoencoderTaskConfig(network=autoencoder.to_dict()), args.data,
+                          {"batch_size": args.ae_batch_size, "lr": args.ae_lr, "warmup_steps": min(100, args.warmup * 2),
+                           "seed": 0})
     shutil.rmtree(out / "autoencoder", ignore_errors=True)  # a fresh run, not the last one's checkpoints
     ae_test = subset(test, 1000 if args.quick else None, 3, f"{test.name}-slice")  # where PSNR is measured
-    ae = AutoencoderTrainer(ae_config, out / "autoencoder", dataset=train_used, test_dataset=ae_test,
-                            device="cpu", progress=False)
+    ae = Engine(ae_config, out / "autoencoder", dataset=train_used, test_dataset=ae_test, device="cpu",
+                progress=False)
     ae_spent = train_for(ae.train_step, ae_minutes)
-    ae._checkpoint()  # what the shared loop ends on: the scale factor, the checkpoint, the pictures
-    ae_psnr = ae.evaluate()["psnr"]
+    ae._checkpoint()  # what the engine ends on: the scale factor, the checkpoint, the pictures
+    ae_psnr = ae.task.evaluate(ae.model)["psnr"]
     ae_params = sum(p.numel() for p in ae.model.parameters())
     # the latent models' ceiling: the floor's real images through the autoencoder and back
     with torch.no_grad():
@@ -179,7 +178,7 @@ def main(argv=None):
         rebuilt = torch.cat([ae.model.decode(ae.model.encode(x)[0]) for x in reference.data.split(500)])
     ae_scores = score(rebuilt, reference.labels)
     log(f"autoencoder: {ae_spent.steps} steps in {ae_spent.cpu_seconds:.0f} CPU-s, test PSNR {ae_psnr:.2f} dB, "
-        f"latents {tuple(ae.latent_shape)}, scale factor {ae.scale_factor:.3f}")
+        f"latents {tuple(ae.task.latent_shape)}, scale factor {ae.task.state['latent']['scale_factor']:.3f}")
 
     # -- the three diffusion models -----------------------------------------------------------------
     labels = torch.arange(n) % train.num_classes
@@ -187,29 +186,31 @@ def main(argv=None):
     for name, network in networks(train.shape, train.num_classes, args.dit, args.pixel_patch).items():
         latent = network is None
         slug = name.replace(" ", "-").replace("/", "p")
-        config = TrainConfig(
-            data=args.data, cond="class", network=latent_network(args.dit, train.num_classes) if latent else network,
-            latent=str(out / "autoencoder") if latent else None, batch_size=args.batch_size, lr=args.lr,
-            warmup_steps=args.warmup, sampler=args.sampler, sample_steps=args.steps, seed=0)
+        task = DiffusionTaskConfig(cond="class", network=latent_network(args.dit, train.num_classes) if latent else network,
+                                   latent=str(out / "autoencoder") if latent else None, sampler=args.sampler,
+                                   sample_steps=args.steps)
+        config = RunConfig(task, args.data, {"batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup,
+                                             "seed": 0})
+        shutil.rmtree(out / slug, ignore_errors=True)
         # for the latent model this encodes the training set: a one-off cost outside its budget
-        trainer, setup_cpu, _ = timed(lambda: Trainer(config, out / slug, dataset=train_used, device="cpu",
-                                                      progress=False))
-        params = sum(p.numel() for p in trainer.model.parameters())
-        log(f"{name}: {params / 1e6:.2f}M parameters, data {tuple(trainer.data.shape)}, "
-            f"sigma_data {trainer.config.sigma_data}" + (f", encoding {setup_cpu:.0f} CPU-s" if latent else ""))
-        spent = train_for(trainer.train_step, args.cpu_minutes)
+        engine, setup_cpu, _ = timed(lambda: Engine(config, out / slug, dataset=train_used, device="cpu",
+                                                    progress=False))
+        params = sum(p.numel() for p in engine.model.parameters())
+        log(f"{name}: {params / 1e6:.2f}M parameters, data {tuple(engine.examples.shape)}, "
+            f"sigma_data {engine.config.task.sigma_data}" + (f", encoding {setup_cpu:.0f} CPU-s" if latent else ""))
+        spent = train_for(engine.train_step, args.cpu_minutes)
         log(f"  {spent.steps} steps in {spent.cpu_seconds:.0f} CPU-s ({spent.wall_seconds:.0f} s wall)")
-        _, nfe = diffuse.sample(trainer.ema, trainer.model.process,
-                                torch.zeros(1, *trainer.data.shape), sampler=args.sampler, steps=args.steps,
-                                prediction=trainer.model.prediction, schedule=trainer.config.sample_schedule,
+        _, nfe = diffuse.sample(engine.ema, engine.model.process,
+                                torch.zeros(1, *engine.examples.shape), sampler=args.sampler, steps=args.steps,
+                                prediction=engine.model.prediction, schedule=engine.config.task.sample_schedule,
                                 cond={"labels": labels[:1]}, return_nfe=True)
-        images, sample_cpu, sample_wall = timed(lambda: generate(
-            trainer.ema, trainer.config, trainer.image_shape, n, labels=labels, seed=0, decoder=trainer.codec))
+        pipeline = engine.task.pipeline(engine.ema)
+        images, sample_cpu, sample_wall = timed(lambda: pipeline.sample(n, labels=labels, seed=0))
         decode_cpu = None
         if latent:
-            zeros = torch.zeros(n, *trainer.data.shape)
-            decode_cpu = timed(lambda: trainer.codec.decode(zeros))[1]
-        save_image_grid(images[:100], out / f"{slug}.png", nrow=train.num_classes)
+            zeros = torch.zeros(n, *engine.examples.shape)
+            decode_cpu = timed(lambda: engine.task.codec.decode(zeros))[1]
+        save_class_grid(images[:100], labels[:100], out / f"{slug}.png")
         scores = score(images, labels)
         log(f"  sampling {sample_cpu:.0f} CPU-s ({sample_wall:.0f} s wall) for {n}; FD {scores['fd']:.2f}, "
             f"accuracy {scores['accuracy']:.3f}")
@@ -244,7 +245,7 @@ def main(argv=None):
           f"{pr(ae_scores)} |")
     print(f"\nThe latent model's training budget excludes the autoencoder ({ae_params / 1e6:.2f}M parameters, "
           f"{ae_spent.steps} steps of batch {args.ae_batch_size}, test PSNR {ae_psnr:.2f} dB, latents "
-          f"{'x'.join(map(str, ae.latent_shape))}) and encoding the {len(train_used)} training images; with both "
+          f"{'x'.join(map(str, ae.task.latent_shape))}) and encoding the {len(train_used)} training images; with both "
           f"it cost {(lat['train_cpu'] + ae_train_cpu + encode_cpu) / 60:.1f} CPU-min. Its sampling time includes "
           f"decoding ({lat['decode_cpu'] * 1e3:.1f} CPU-ms / img).")
     for r in rows[:-1]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from diffuse.training import TrainConfig
+from diffuse.data import DataConfig
+from diffuse.training import RunConfig, task_class
 
 MLP = {"kind": "mlp", "dim": 2, "hidden": 32, "depth": 2}
 UNET = {"kind": "unet", "in_channels": 1, "channels": 32, "channel_mults": [1, 2],
@@ -21,19 +22,24 @@ UNET = {"kind": "unet", "in_channels": 1, "channels": 32, "channel_mults": [1, 2
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def ring_config(**overrides) -> TrainConfig:
+def run_config(kind: str = "diffusion", **fields) -> RunConfig:
+    """A RunConfig of the task `kind` with its defaults, from flat keywords (RunConfig.updated)."""
+    return RunConfig(task_class(kind).Config(), DataConfig(), None).updated(**fields)
+
+
+def ring_config(**overrides) -> RunConfig:
     """The 2-D ring with a small MLP: the fastest thing that trains."""
     settings = dict(data="ring", network=dict(MLP), batch_size=16, steps=4, checkpoint_every=2,
                     grid_size=4, sample_steps=2, warmup_steps=2)
-    return TrainConfig(**{**settings, **overrides})
+    return run_config(**{**settings, **overrides})
 
 
-def digits_config(cond: str = "none", dropout: float = 0.0, **overrides) -> TrainConfig:
+def digits_config(cond: str = "none", dropout: float = 0.0, **overrides) -> RunConfig:
     """8x8 digits with a small U-Net; class-conditional with label dropout when cond='class'."""
     network = {**UNET, "dropout": dropout, "num_classes": 10 if cond == "class" else None}
     settings = dict(data="digits", cond=cond, network=network, batch_size=16, steps=4,
                     checkpoint_every=2, grid_size=4, sample_steps=2, warmup_steps=2)
-    return TrainConfig(**{**settings, **overrides})
+    return run_config(**{**settings, **overrides})
 
 
 def unet_json(num_classes: int | None = None) -> str:

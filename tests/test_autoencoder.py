@@ -11,13 +11,15 @@ import pickle
 import pytest
 import torch
 
-from _tiny import states_equal
+import diffuse
+from _tiny import run_config, states_equal
 from diffuse.checkpoint import CheckpointError, latest_checkpoint, load_json
 from diffuse.cli import main
-from diffuse.data import Dataset, load_dataset
+from diffuse.data import TensorDataset, load_dataset
+from diffuse.latent import latent_scale, load_autoencoder
 from diffuse.models import AutoencoderConfig, AutoencoderKL, autoencoder_config, build_autoencoder
-from diffuse.training import AutoencoderTrainConfig, AutoencoderTrainer, load_autoencoder, load_model
-from diffuse.training.autoencoder import latent_scale, psnr
+from diffuse.training import AutoencoderTaskConfig, Engine, RunConfig
+from diffuse.training.tasks.autoencoder import psnr
 
 torch.set_num_threads(1)
 
@@ -114,8 +116,9 @@ def test_config_round_trips_through_json():
     rebuilt.load_state_dict(model.state_dict())  # the same parameter layout
     with pytest.raises(ValueError, match=r"unknown autoencoder field\(s\) \['depth'\]"):
         build_autoencoder({**loaded, "depth": 3})
-    train = AutoencoderTrainConfig(autoencoder=loaded, kl_weight=1e-5)
-    assert AutoencoderTrainConfig.from_dict(json.loads(json.dumps(train.to_dict()))) == train
+    run = RunConfig(AutoencoderTaskConfig(network=loaded, kl_weight=1e-5), "digits")
+    assert RunConfig.from_dict(json.loads(json.dumps(run.to_dict()))) == run
+    assert run.train.lr == 1e-3 and run.train.ema_decay is None  # the autoencoder's own defaults
 
 
 # -- training -----------------------------------------------------------------------------------------
@@ -123,9 +126,10 @@ def test_config_round_trips_through_json():
 @pytest.fixture(scope="module")
 def ae_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("ae")
-    code, out, err = run_main(["train-autoencoder", "--data", "digits", "--out", run, "--quiet", "--steps", 4,
-                               "--batch-size", 32, "--checkpoint-every", 2, "--latent-channels", 3,
-                               "--autoencoder", json.dumps({"channels": 8}), "--warmup-steps", 1])
+    code, out, err = run_main(["train", "--task", "autoencoder", "--data", "digits", "--out", run, "--quiet",
+                               "--steps", 4, "--batch-size", 32, "--checkpoint-every", 2,
+                               "--network", json.dumps({"channels": 8}), "--set", "task.network.latent_channels=3",
+                               "--warmup-steps", 1])
     assert code == 0, err
     return run, out
 
@@ -139,10 +143,10 @@ def test_train_autoencoder_writes_a_loadable_run(ae_run):
                                                         "trainer.json", "trainer.safetensors"]
     model, stored = load_autoencoder(run)
     assert isinstance(model, AutoencoderKL) and not model.training
-    assert stored["autoencoder"] == autoencoder_config(model)
+    assert stored.config["task"]["network"] == autoencoder_config(model)
     assert model.config == AutoencoderConfig(channels=8, latent_channels=3, channel_mults=(1, 2))
-    assert stored["data"]["spec"] == "digits" and stored["data"]["shape"] == [1, 8, 8]
-    assert AutoencoderTrainConfig.from_dict(stored["train"]).steps == 4
+    assert stored.config["data"]["name"] == "digits" and stored.data["shape"] == [1, 8, 8]
+    assert stored.config["train"]["steps"] == 4
     for name in ("reconstructions.png", "loss.png", "metrics.jsonl", "test_metrics.json"):
         assert (run / name).is_file()
 
@@ -150,7 +154,7 @@ def test_train_autoencoder_writes_a_loadable_run(ae_run):
 def test_psnr_is_reported_and_stored(ae_run):
     run, printed = ae_run
     metrics = load_json(run / "test_metrics.json")
-    assert metrics["split"] == "test" and metrics["examples"] == 360 and metrics["step"] == 4
+    assert metrics["split"] == "test" and metrics["examples"] == 360
     assert 0 < metrics["psnr"] < 100
     assert f"test reconstruction PSNR {metrics['psnr']:.2f} dB over 360 images" in printed
     # and it is the PSNR of the stored weights' deterministic reconstructions
@@ -163,7 +167,7 @@ def test_psnr_is_reported_and_stored(ae_run):
 def test_scale_factor_is_one_over_the_std_of_the_latent_means(ae_run):
     run, printed = ae_run
     model, stored = load_autoencoder(run)
-    latent = stored["latent"]
+    latent = stored.state["latent"]
     assert latent["shape"] == [3, 4, 4] and latent["posterior"] == "mean"
     assert latent["scale_examples"] == 1437  # every training image: fewer than scale_examples
     train = load_dataset("digits", "train").data
@@ -186,7 +190,7 @@ def test_a_disguised_pickle_is_refused(ae_run, tmp_path):
 def test_an_autoencoder_run_is_not_a_diffusion_model(ae_run, tmp_path):
     run, _ = ae_run
     with pytest.raises(CheckpointError, match="is an autoencoder run.*--latent"):
-        load_model(run)
+        diffuse.load(run)
     code, _, err = run_main(["sample", run, "--out", tmp_path / "x.png"])
     assert code == 1 and "is an autoencoder run" in err
     with pytest.raises(CheckpointError, match="not an autoencoder checkpoint"):
@@ -194,10 +198,11 @@ def test_an_autoencoder_run_is_not_a_diffusion_model(ae_run, tmp_path):
 
 
 def _diffusion_like(tmp_path):
-    """A checkpoint folder whose config.json is not an autoencoder's."""
+    """A checkpoint folder whose config.json is a diffusion run's, not an autoencoder's."""
     folder = tmp_path / "ck"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"train": {}, "data": {}}))
+    (folder / "config.json").write_text(json.dumps({"kind": "diffusion", "run": {}, "data": {}, "state": {},
+                                                    "history": []}))
     (folder / "trainer.json").write_text(json.dumps({"step": 1}))
     return folder
 
@@ -206,27 +211,28 @@ def test_resume_continues_bit_for_bit(tmp_path):
     digits = load_dataset("digits", "train").subset(torch.arange(64), "digits-64")
     test = load_dataset("digits", "test").subset(torch.arange(8), "digits-8")
 
-    def trainer(steps, out, resume=False):
-        config = AutoencoderTrainConfig(autoencoder=dict(TINY), batch_size=16, steps=steps, checkpoint_every=2,
-                                        warmup_steps=2, grid_size=4)
-        return AutoencoderTrainer(config, out, resume=resume, dataset=digits, test_dataset=test, progress=False)
+    def engine(steps, out, resume=False):
+        config = run_config("autoencoder", network=dict(TINY), batch_size=16, steps=steps, checkpoint_every=2,
+                            warmup_steps=2, grid_size=4)
+        return Engine(config, out, resume=resume, dataset=digits, test_dataset=test, progress=False)
 
-    straight = trainer(4, tmp_path / "a")
+    straight = engine(4, tmp_path / "a")
     straight.fit()
-    trainer(2, tmp_path / "b").fit()
-    resumed = trainer(4, tmp_path / "b", resume=True)
+    engine(2, tmp_path / "b").fit()
+    resumed = engine(4, tmp_path / "b", resume=True)
     assert resumed.step == 2
     resumed.fit()
     assert states_equal(straight.model.state_dict(), resumed.model.state_dict())
-    assert straight.scale_factor == resumed.scale_factor
+    assert straight.task.state["latent"] == resumed.task.state["latent"]
 
 
 def test_sizes_the_factor_does_not_divide_fail_before_training(tmp_path):
-    images = Dataset(torch.zeros(8, 1, 28, 28), None, None, "blank28")
-    config = AutoencoderTrainConfig(autoencoder={**TINY, "channel_mults": [1, 2, 2, 2]}, batch_size=4)
+    images = TensorDataset(torch.zeros(8, 1, 28, 28), None, None, "blank28", modality="image")
+    config = run_config("autoencoder", network={**TINY, "channel_mults": [1, 2, 2, 2]}, batch_size=4)
     with pytest.raises(ValueError, match="28x28 images are not divisible .* factor 8"):
-        AutoencoderTrainer(config, tmp_path, dataset=images, test_dataset=images, progress=False)
-    code, _, err = run_main(["train-autoencoder", "--data", "digits", "--out", tmp_path / "r", "--factor", 3])
+        Engine(config, tmp_path, dataset=images, test_dataset=images, progress=False)
+    code, _, err = run_main(["train", "--task", "autoencoder", "--data", "digits", "--out", tmp_path / "r",
+                             "--factor", 3])
     assert code == 1 and "power of two" in err
-    code, _, err = run_main(["train-autoencoder", "--data", "ring", "--out", tmp_path / "r", "--quiet"])
+    code, _, err = run_main(["train", "--task", "autoencoder", "--data", "ring", "--out", tmp_path / "r", "--quiet"])
     assert code == 1 and "an autoencoder takes images" in err

@@ -15,21 +15,22 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+import diffuse
 from _tiny import PYTHON, digits_config, ring_config, states_equal, subprocess_env
 from diffuse.checkpoint import CheckpointError, latest_checkpoint, load_tensors, save_checkpoint
 from diffuse.denoiser import Denoiser
-from diffuse.training import TrainConfig, Trainer, generate, load_model
+from diffuse.training import Engine, RunConfig
 
 TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
 def ring_run(tmp_path_factory):
-    """A finished 4-step ring run (checkpoints at steps 2 and 4) and its trainer."""
+    """A finished 4-step ring run (checkpoints at steps 2 and 4) and its engine."""
     run = tmp_path_factory.mktemp("ring")
-    trainer = Trainer(ring_config(), run, progress=False)
-    trainer.fit()
-    return run, trainer
+    engine = Engine(ring_config(), run, progress=False)
+    engine.fit()
+    return run, engine
 
 
 @pytest.fixture
@@ -40,50 +41,51 @@ def run_copy(ring_run, tmp_path):
 
 # -- round trip ------------------------------------------------------------------------------------
 
-def test_load_model_returns_the_ema_and_the_raw_weights(ring_run):
-    run, trainer = ring_run
+def test_load_returns_the_ema_and_the_raw_weights(ring_run):
+    run, engine = ring_run
     assert latest_checkpoint(run).name == "step-00000004"
-    model, config, data = load_model(run)
+    pipeline = diffuse.load(run)
+    model, config, data = pipeline.model, pipeline.config, pipeline.info
     assert isinstance(model, Denoiser) and not model.training
-    assert states_equal(model.state_dict(), trainer.ema.state_dict())
-    assert not states_equal(model.state_dict(), trainer.model.state_dict())  # EMA lags behind
-    raw, _, _ = load_model(run, ema=False)
-    assert states_equal(raw.state_dict(), trainer.model.state_dict())
-    assert config == trainer.config
-    assert TrainConfig.from_dict(config.to_dict()) == config
-    assert (data["spec"], data["shape"], data["num_classes"]) == ("ring", [2], None)
-    assert data["sigma_data"] == config.sigma_data == pytest.approx(float(trainer.data.data.std()), abs=1e-4)
+    assert states_equal(model.state_dict(), engine.ema.state_dict())
+    assert not states_equal(model.state_dict(), engine.model.state_dict())  # EMA lags behind
+    raw = diffuse.load(run, ema=False).model
+    assert states_equal(raw.state_dict(), engine.model.state_dict())
+    assert config.to_dict() == engine.config.to_dict()
+    assert RunConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+    assert (data.source["name"], data.shape, data.num_classes, data.modality) == ("ring", (2,), 8, "vector")
+    assert pipeline.num_classes is None  # the data have classes; this model does not take them
+    assert config.task.sigma_data == pytest.approx(float(engine.examples.data.std()), abs=1e-4)
 
 
-def test_sampling_the_loaded_model_matches_the_trainer(ring_run):
-    run, trainer = ring_run
-    model, config, data = load_model(run)
-    x = generate(model, config, data["shape"], 6, seed=3)
+def test_sampling_the_loaded_model_matches_the_engine(ring_run):
+    run, engine = ring_run
+    x = diffuse.load(run).sample(6, seed=3)
     assert x.shape == (6, 2) and torch.isfinite(x).all()
-    assert torch.equal(x, generate(trainer.ema, trainer.config, data["shape"], 6, seed=3))
+    assert torch.equal(x, engine.task.pipeline(engine.ema).sample(6, seed=3))
 
 
-def test_load_model_accepts_a_checkpoint_folder_and_the_checkpoints_dir(ring_run):
-    run, trainer = ring_run
+def test_load_accepts_a_checkpoint_folder_and_the_checkpoints_dir(ring_run):
+    run, engine = ring_run
     older = run / "checkpoints" / "step-00000002"
     assert latest_checkpoint(older) == older
     assert latest_checkpoint(run / "checkpoints") == run / "checkpoints" / "step-00000004"
-    model, _, _ = load_model(older)
-    assert not states_equal(model.state_dict(), trainer.ema.state_dict())
+    model = diffuse.load(older).model
+    assert not states_equal(model.state_dict(), engine.ema.state_dict())
 
 
 def test_conditional_unet_round_trip(tmp_path):
-    trainer = Trainer(digits_config(cond="class", steps=2, checkpoint_every=2), tmp_path, progress=False)
-    trainer.fit()
-    model, config, data = load_model(tmp_path)
-    assert states_equal(model.state_dict(), trainer.ema.state_dict())
-    assert config.network == trainer.config.network and data["num_classes"] == 10
-    x = generate(model, config, data["shape"], 3, labels=torch.tensor([0, 4, 9]), guidance=1.5)
+    engine = Engine(digits_config(cond="class", steps=2, checkpoint_every=2), tmp_path, progress=False)
+    engine.fit()
+    pipeline = diffuse.load(tmp_path)
+    assert states_equal(pipeline.model.state_dict(), engine.ema.state_dict())
+    assert pipeline.config.task.network == engine.config.task.network and pipeline.num_classes == 10
+    x = pipeline.sample(3, labels=torch.tensor([0, 4, 9]), guidance=1.5)
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
 
 
 def test_only_the_newest_checkpoints_are_kept(tmp_path):
-    Trainer(ring_config(steps=5, checkpoint_every=1, keep_checkpoints=2), tmp_path, progress=False).fit()
+    Engine(ring_config(steps=5, checkpoint_every=1, keep_checkpoints=2), tmp_path, progress=False).fit()
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["latest", "step-00000004", "step-00000005"]
 
@@ -92,33 +94,33 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
 
 def test_missing_run_and_dangling_pointer_are_checkpoint_errors(run_copy, tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint found"):
-        load_model(tmp_path / "nowhere")
+        diffuse.load(tmp_path / "nowhere")
     # a dangling pointer (a kill between the renames of a same-step re-save) falls back to the
     # newest complete checkpoint; with none left it is an error
     newest = max(p.name for p in (run_copy / "checkpoints").glob("step-*"))
     (run_copy / "checkpoints" / "latest").write_text("step-00000099\n")
     assert latest_checkpoint(run_copy).name == newest
-    load_model(run_copy)
+    diffuse.load(run_copy)
     for folder in (run_copy / "checkpoints").glob("step-*"):
         shutil.rmtree(folder)
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_model(run_copy)
+        diffuse.load(run_copy)
 
 
 def test_missing_or_mismatched_weights_are_checkpoint_errors(run_copy):
     folder = latest_checkpoint(run_copy)
     (folder / "ema.safetensors").unlink()
     with pytest.raises(CheckpointError, match="missing checkpoint file"):
-        load_model(run_copy)
+        diffuse.load(run_copy)
     (folder / "ema.safetensors").write_bytes(safetensors_bytes({"net.input.weight": torch.zeros(3, 3)}))
     with pytest.raises(CheckpointError, match="do not match"):
-        load_model(run_copy)
+        diffuse.load(run_copy)
 
 
 def test_broken_config_json_is_a_checkpoint_error(run_copy):
     (latest_checkpoint(run_copy) / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
-        load_model(run_copy)
+        diffuse.load(run_copy)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "header-only"])
@@ -130,7 +132,7 @@ def test_corrupt_safetensors_is_a_checkpoint_error(run_copy, damage):
                       "empty": b"",
                       "header-only": good[:12]}[damage])
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
-        load_model(run_copy)
+        diffuse.load(run_copy)
 
 
 @pytest.mark.parametrize("prefix", [b"\x80", b"PK"])
@@ -174,7 +176,7 @@ def test_a_pickle_named_safetensors_is_refused_and_never_run(run_copy, tmp_path,
     (latest_checkpoint(run_copy) / f"{stem}.safetensors").write_bytes(
         pickle.dumps({"net.weight": Payload(marker)}, protocol=protocol))
     with pytest.raises(CheckpointError) as err:
-        load_model(run_copy, ema=stem == "ema")
+        diffuse.load(run_copy, ema=stem == "ema")
     if protocol >= 2:  # protocols 0 and 1 have no signature; they fail as malformed safetensors
         assert "pickle" in str(err.value) and "never unpickles" in str(err.value)
     assert not marker.exists()
@@ -187,7 +189,7 @@ def test_a_torch_save_file_is_refused_and_never_run(run_copy, tmp_path, zipfile)
     torch.save({"net.weight": torch.zeros(2), "x": Payload(marker)}, path,
                _use_new_zipfile_serialization=zipfile)
     with pytest.raises(CheckpointError, match="pickle or a zip archive"):
-        load_model(run_copy)
+        diffuse.load(run_copy)
     assert not marker.exists()
 
 
@@ -195,7 +197,7 @@ def test_resume_refuses_a_disguised_trainer_state(run_copy, tmp_path):
     marker = tmp_path / "pwned"
     (latest_checkpoint(run_copy) / "trainer.safetensors").write_bytes(pickle.dumps(Payload(marker)))
     with pytest.raises(CheckpointError, match="pickle"):
-        Trainer(ring_config(steps=6), run_copy, resume=True, progress=False)
+        Engine(ring_config(steps=6), run_copy, resume=True, progress=False)
     assert not marker.exists()
 
 
@@ -209,10 +211,10 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from _tiny import ring_config
     from diffuse import checkpoint
-    from diffuse.training import Trainer
+    from diffuse.training import Engine
 
     run, marker, where = sys.argv[1:4]
-    trainer = Trainer(ring_config(steps=4), run, progress=False)
+    trainer = Engine(ring_config(steps=4), run, progress=False)
     trainer.train_step(); trainer.train_step()
     trainer.save()                                   # step 2: complete
 
@@ -262,17 +264,17 @@ def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tmp_path, where):
     else:
         assert stale == [] and (root / "step-00000004" / "trainer.json").is_file()
     assert latest_checkpoint(run).name == "step-00000002"
-    model, _, _ = load_model(run)
+    model = diffuse.load(run).model
     assert states_equal(model.state_dict(), load_tensors(root / "step-00000002" / "ema.safetensors"))
 
     # Resuming continues from step 2; its saves replace step 4 and sweep away the leftovers.
     (root / ".latest.leftover").write_text("step-00000004\n")  # a killed pointer update
-    trainer = Trainer(ring_config(steps=6), run, resume=True, progress=False)
-    assert trainer.step == 2
-    trainer.fit()
+    engine = Engine(ring_config(steps=6), run, resume=True, progress=False)
+    assert engine.step == 2
+    engine.fit()
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000004", "step-00000006"]
     assert latest_checkpoint(run).name == "step-00000006"
-    load_model(run)
+    diffuse.load(run)
 
 
 def test_save_checkpoint_removes_its_temporary_folder_when_writing_fails(tmp_path, monkeypatch):

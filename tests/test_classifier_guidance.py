@@ -1,6 +1,6 @@
 """Classifier guidance end to end: exact guidance on a Gaussian mixture, the noise-aware classifier
-networks, `ClassifierTrainer` (checkpoints, resume, EMA, accuracy), `generate` with a classifier and
-`diffuse train-classifier` / `diffuse sample --classifier`.
+networks, the classifier task (checkpoints, resume, EMA, accuracy), sampling with a classifier and
+`diffuse train --task classifier` / `diffuse sample --classifier`.
 
 tests/test_guidance.py already checks that s = 1 with an exact classifier samples the class on
 every process and prediction; here the exact case is tied to the class-conditional model itself
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import diffuse
-from _tiny import MLP, digits_config, ring_config, states_equal, unet_json
+from _tiny import MLP, digits_config, ring_config, run_config, states_equal, unet_json
 from diffuse import EDM, VP, Flow, GaussianMixture
 from diffuse.checkpoint import CheckpointError, latest_checkpoint, load_json
 from diffuse.classifier import NoiseAwareClassifier
@@ -27,8 +27,10 @@ from diffuse.cli import main
 from diffuse.denoiser import Denoiser
 from diffuse.guidance import ClassifierFreeGuidance, ClassifierGuidance
 from diffuse.models import build_classifier, build_network, classifier_config, default_classifier
-from diffuse.training import (ClassifierTrainConfig, ClassifierTrainer, Trainer, build_model, generate,
-                              load_classifier, load_model)
+from diffuse.pipeline import Pipeline
+from diffuse.runs import load_classifier
+from diffuse.training import Engine
+from diffuse.training.tasks.diffusion import DiffusionTask
 
 torch.set_num_threads(1)
 
@@ -54,10 +56,10 @@ def run_main(argv) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def ring_classifier_config(**overrides) -> ClassifierTrainConfig:
-    settings = dict(data="ring", classifier=dict(TINY_MLP_CLASSIFIER), batch_size=16, steps=4,
+def ring_classifier_config(**overrides):
+    settings = dict(data="ring", network=dict(TINY_MLP_CLASSIFIER), batch_size=16, steps=4,
                     checkpoint_every=2, warmup_steps=2)
-    return ClassifierTrainConfig(**{**settings, **overrides})
+    return run_config("classifier", **{**settings, **overrides})
 
 
 # -- exact guidance on a Gaussian mixture --------------------------------------------------------------
@@ -131,8 +133,8 @@ def test_classifier_registry_is_separate_and_checks_fields():
     with pytest.raises(ValueError, match="UNetClassifier input 6x6"):
         build_classifier({**TINY_UNET_CLASSIFIER, "num_classes": 2, "channel_mults": [1, 2, 2]})(
             torch.zeros(1, 1, 6, 6), torch.zeros(1))
-    assert default_classifier((2,), 8)["kind"] == "mlp_classifier"
-    assert default_classifier((1, 28, 28), 10)["channel_mults"] == [1, 2, 2]
+    assert default_classifier("vector", (2,), 8)["kind"] == "mlp_classifier"
+    assert default_classifier("image", (1, 28, 28), 10)["channel_mults"] == [1, 2, 2]
 
 
 @pytest.mark.parametrize("process", [EDM(), VP("linear"), Flow()], ids=["edm", "vp", "flow"])
@@ -159,93 +161,94 @@ def test_the_wrapper_feeds_unit_variance_inputs_and_the_denoisers_noise_level(pr
     assert seen["noise_level"].shape == (3,)
 
 
-# -- the trainer -----------------------------------------------------------------------------------
+# -- the task -------------------------------------------------------------------------------------
 
-def test_trainer_writes_a_classifier_run_that_loads(tmp_path):
-    trainer = ClassifierTrainer(ring_classifier_config(), tmp_path, progress=False)
-    last = trainer.fit()
+def test_the_task_writes_a_classifier_run_that_loads(tmp_path):
+    engine = Engine(ring_classifier_config(), tmp_path, progress=False)
+    last = engine.fit()
     assert last == latest_checkpoint(tmp_path) and last.name == "step-00000004"
     stored = load_json(last / "config.json")
     assert stored["kind"] == "classifier" and stored["data"]["num_classes"] == 8
-    assert stored["train"]["classifier"] == {**TINY_MLP_CLASSIFIER, "dim": 2, "num_classes": 8, "time_dim": 64}
+    assert stored["run"]["task"]["network"] == {**TINY_MLP_CLASSIFIER, "dim": 2, "num_classes": 8, "time_dim": 64}
     assert {p.name for p in last.iterdir()} == {"config.json", "model.safetensors", "ema.safetensors",
                                                 "trainer.safetensors", "trainer.json"}
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [4] and {"loss", "accuracy", "lr"} <= set(records[0])
     metrics = json.loads((tmp_path / "test_metrics.json").read_text())
-    assert metrics["step"] == 4 and set(metrics["accuracy_at_noise"]) == {"0.1", "0.5", "1.0", "2.0", "5.0"}
+    assert set(metrics["accuracy_at_noise"]) == {"0.1", "0.5", "1.0", "2.0", "5.0"}
 
-    classifier, config, data = load_classifier(tmp_path)
-    assert config == trainer.config and config.process == EDM().config() == classifier.process.config()
-    assert config.sigma_data == round(float(trainer.data.data.std()), 4) == classifier.sigma_data
-    assert data["shape"] == [2] and classifier.shape == (2,) and classifier.num_classes == 8
+    classifier = load_classifier(tmp_path)
+    config = classifier.run
+    assert config.to_dict() == engine.config.to_dict()
+    assert config.task.process == EDM().config() == classifier.process.config()
+    assert config.task.sigma_data == round(float(engine.examples.data.std()), 4) == classifier.sigma_data
+    assert classifier.shape == (2,) and classifier.num_classes == 8
     assert not classifier.training and not any(p.requires_grad for p in classifier.parameters())
-    assert states_equal(classifier.state_dict(), trainer.ema.state_dict())
-    assert states_equal(load_classifier(tmp_path, ema=False)[0].state_dict(), trainer.model.state_dict())
+    assert states_equal(classifier.state_dict(), engine.ema.state_dict())
+    assert states_equal(load_classifier(tmp_path, ema=False).state_dict(), engine.model.state_dict())
     x = torch.randn(5, 2)
     assert classifier(x, torch.full((5,), 0.1)).shape == (5, 8)
 
 
 def test_resume_continues_bit_for_bit(tmp_path):
-    straight = ClassifierTrainer(ring_classifier_config(steps=6, checkpoint_every=3), tmp_path / "a", progress=False)
+    straight = Engine(ring_classifier_config(steps=6, checkpoint_every=3), tmp_path / "a", progress=False)
     straight.fit()
-    ClassifierTrainer(ring_classifier_config(steps=3, checkpoint_every=3), tmp_path / "b", progress=False).fit()
-    # only the budget may change on resume
-    resumed = ClassifierTrainer(ring_classifier_config(steps=6, checkpoint_every=3, lr=0.5), tmp_path / "b",
-                                resume=True, progress=False)
-    assert resumed.step == 3 and resumed.config == straight.config
+    Engine(ring_classifier_config(steps=3, checkpoint_every=3), tmp_path / "b", progress=False).fit()
+    resumed = Engine(ring_classifier_config(steps=6, checkpoint_every=3), tmp_path / "b", resume=True,
+                     progress=False)
+    assert resumed.step == 3 and resumed.config.to_dict() == straight.config.to_dict()
     resumed.fit()
     assert states_equal(resumed.model.state_dict(), straight.model.state_dict())
     assert states_equal(resumed.ema.state_dict(), straight.ema.state_dict())
-    a, b = (load_classifier(tmp_path / run)[0].state_dict() for run in "ab")
+    a, b = (load_classifier(tmp_path / run).state_dict() for run in "ab")
     assert states_equal(a, b)
-    other = ClassifierTrainer(ring_classifier_config(steps=3, seed=1), tmp_path / "c", progress=False)
+    other = Engine(ring_classifier_config(steps=3, seed=1), tmp_path / "c", progress=False)
     other.fit()
     assert not states_equal(other.model.state_dict(), straight.model.state_dict())
 
 
 def test_without_ema_the_trained_weights_are_loaded(tmp_path):
-    trainer = ClassifierTrainer(ring_classifier_config(ema_decay=None, steps=2), tmp_path, progress=False)
-    trainer.fit()
-    assert trainer.ema is None and not (latest_checkpoint(tmp_path) / "ema.safetensors").exists()
-    assert states_equal(load_classifier(tmp_path)[0].state_dict(), trainer.model.state_dict())
+    engine = Engine(ring_classifier_config(ema_decay=None, steps=2), tmp_path, progress=False)
+    engine.fit()
+    assert engine.ema is None and not (latest_checkpoint(tmp_path) / "ema.safetensors").exists()
+    assert states_equal(load_classifier(tmp_path).state_dict(), engine.model.state_dict())
 
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(data="moons"), "needs a labelled data set"),
-    (dict(classifier={**TINY_MLP_CLASSIFIER, "num_classes": 3}), "the data have 8 classes"),
-    (dict(classifier=dict(TINY_UNET_CLASSIFIER)), r"a unet_classifier takes images; the data have shape \(2,\)"),
-    (dict(time_sampling="sometimes"), "unknown time sampling"),
-    (dict(ema_decay=1.5), "ema_decay must be in"),
+    (dict(network={**TINY_MLP_CLASSIFIER, "num_classes": 3}), "the data have 8 classes"),
+    (dict(network=dict(TINY_UNET_CLASSIFIER)), r"a unet_classifier takes images; the data have shape \(2,\)"),
+    (dict(time_sampling="sometimes"), "time sampling must be one of"),
+    (dict(ema_decay=1.5), "ema_decay must be a finite number in"),
 ])
 def test_bad_settings_are_refused(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
-        ClassifierTrainer(ring_classifier_config(**overrides), tmp_path, progress=False)
+        Engine(ring_classifier_config(**overrides), tmp_path, progress=False)
 
 
 def test_loaders_tell_classifier_and_diffusion_runs_apart(tmp_path):
-    ClassifierTrainer(ring_classifier_config(steps=1), tmp_path / "clf", progress=False).fit()
-    Trainer(ring_config(steps=1), tmp_path / "diffusion", progress=False).fit()
-    with pytest.raises(CheckpointError, match="is a classifier run, not a diffusion model"):
-        load_model(tmp_path / "clf")
+    Engine(ring_classifier_config(steps=1), tmp_path / "clf", progress=False).fit()
+    Engine(ring_config(steps=1), tmp_path / "diffusion", progress=False).fit()
+    with pytest.raises(CheckpointError, match="is a classifier run, not a diffusion run"):
+        diffuse.load(tmp_path / "clf")
     with pytest.raises(CheckpointError, match="is not a classifier checkpoint"):
         load_classifier(tmp_path / "diffusion")
 
 
 def test_a_short_training_classifies_lightly_noised_digits(tmp_path):
     # 150 steps of a 16-channel encoder: about 3 s of CPU; chance is 10%.
-    config = ClassifierTrainConfig(data="digits", classifier=dict(TINY_UNET_CLASSIFIER), batch_size=64,
-                                   steps=150, lr=3e-3, warmup_steps=10, checkpoint_every=150, log_every=50)
-    trainer = ClassifierTrainer(config, tmp_path, progress=False)
-    trainer.fit()
-    accuracy = trainer.test_metrics["accuracy_at_noise"]
+    config = run_config("classifier", data="digits", network=dict(TINY_UNET_CLASSIFIER), batch_size=64,
+                        steps=150, lr=3e-3, warmup_steps=10, checkpoint_every=150, log_every=50)
+    engine = Engine(config, tmp_path, progress=False)
+    engine.fit()
+    accuracy = engine.test_metrics["accuracy_at_noise"]
     assert accuracy["0.1"] > 0.6, accuracy
     assert accuracy["0.1"] > accuracy["5.0"]  # noise takes the class away
     # the loaded classifier is the one measured
-    classifier, _, _ = load_classifier(tmp_path)
-    test = trainer.test
+    classifier = load_classifier(tmp_path)
+    test = engine.task.test_data()
     t = float(classifier.process.t_from_sigma_ratio(torch.tensor(0.1, dtype=torch.float64)))
-    eps = torch.randn(test.data.shape, generator=torch.Generator().manual_seed(config.seed))
+    eps = torch.randn(test.data.shape, generator=torch.Generator().manual_seed(0))
     x_t = classifier.process.add_noise(test.data, t, eps)
     with torch.no_grad():
         right = float((classifier(x_t, t).argmax(1) == test.labels).double().mean())
@@ -256,10 +259,10 @@ def test_a_trained_classifier_guides_the_exact_ring_model_to_the_requested_mode(
     # The ring is a mixture of 8 Gaussians, so its exact denoiser stands in for a trained model and
     # the only learned part is the classifier (100 steps, about 2 s of CPU): what is tested is that
     # its process, time and input conventions give the gradient guidance needs.
-    config = ClassifierTrainConfig(data="ring", classifier={"kind": "mlp_classifier", "hidden": 32, "depth": 2},
-                                   batch_size=128, steps=100, lr=3e-3, warmup_steps=10, checkpoint_every=100)
-    ClassifierTrainer(config, tmp_path, progress=False).fit()
-    classifier, _, _ = load_classifier(tmp_path)
+    config = run_config("classifier", data="ring", network={"kind": "mlp_classifier", "hidden": 32, "depth": 2},
+                        batch_size=128, steps=100, lr=3e-3, warmup_steps=10, checkpoint_every=100)
+    Engine(config, tmp_path, progress=False).fit()
+    classifier = load_classifier(tmp_path)
     process = classifier.process
     angles = torch.arange(RING_MODES, dtype=torch.float64) * 2 * math.pi / RING_MODES
     centres = RING_RADIUS * torch.stack([angles.cos(), angles.sin()], 1)
@@ -275,7 +278,7 @@ def test_a_trained_classifier_guides_the_exact_ring_model_to_the_requested_mode(
     assert shares[0] < 0.3 and shares[1] > 0.75 and shares[2] > 0.95, shares  # chance is 1/8
 
 
-# -- generate with a classifier --------------------------------------------------------------------
+# -- sampling with a classifier ---------------------------------------------------------------------
 
 def untrained_classifier(process, shape=(1, 8, 8), num_classes=10) -> NoiseAwareClassifier:
     torch.manual_seed(0)
@@ -284,37 +287,42 @@ def untrained_classifier(process, shape=(1, 8, 8), num_classes=10) -> NoiseAware
     return NoiseAwareClassifier(net, process, 0.75, shape)
 
 
-def test_generate_puts_classifier_guidance_outside_classifier_free_guidance(monkeypatch):
-    from diffuse.training import sampling
+def untrained_pipeline(cond: str = "none") -> Pipeline:
+    """A digits model of the tiny U-Net, untrained, behind its sampling pipeline."""
+    config = digits_config(cond=cond, sigma_data=0.75)
+    task = DiffusionTask(config.task, diffuse.data.load_dataset("digits").info())
+    return task.pipeline(task.build())
 
-    config = digits_config(cond="class", sigma_data=0.75)
-    model = build_model(config, 10)
+
+def test_classifier_guidance_wraps_classifier_free_guidance(monkeypatch):
+    from diffuse import pipeline as pipeline_module
+
+    pipeline = untrained_pipeline("class")
+    model = pipeline.model
     classifier = untrained_classifier(model.process)
     seen = []
-    real = sampling.sample
-    monkeypatch.setattr(sampling, "sample", lambda wrapped, *a, **k:
+    real = pipeline_module.sample
+    monkeypatch.setattr(pipeline_module, "sample", lambda wrapped, *a, **k:
                         seen.append((wrapped, classifier.training, model.training)) or real(wrapped, *a, **k))
     labels = torch.tensor([3, 4])
-    both = generate(model, config, (1, 8, 8), 2, labels=labels, guidance=2.0, classifier=classifier,
-                    classifier_scale=3.0, steps=2)
+    both = pipeline.sample(2, labels=labels, guidance=2.0, classifier=classifier, classifier_scale=3.0, steps=2)
     outer, classifier_training, model_training = seen[-1]
     assert not classifier_training and not model_training  # dropout off while sampling
     assert classifier.training and model.training  # and the caller's modes back afterwards
     assert isinstance(outer, ClassifierGuidance) and outer.scale == 3.0 and outer.conditional_model
     assert isinstance(outer.model, ClassifierFreeGuidance) and outer.model.scale == 2.0
-    cfg_only = generate(model, config, (1, 8, 8), 2, labels=labels, guidance=2.0, steps=2)
+    cfg_only = pipeline.sample(2, labels=labels, guidance=2.0, steps=2)
     assert torch.isfinite(both).all() and not torch.equal(both, cfg_only)
-    assert torch.equal(cfg_only, generate(model, config, (1, 8, 8), 2, labels=labels, guidance=2.0,
-                                          classifier=classifier, classifier_scale=0.0, steps=2))
+    assert torch.equal(cfg_only, pipeline.sample(2, labels=labels, guidance=2.0, classifier=classifier,
+                                                 classifier_scale=0.0, steps=2))
 
 
-def test_generate_guides_an_unconditional_model_and_checks_the_classifier():
-    config = digits_config(sigma_data=0.75)
-    model = build_model(config, None)
+def test_a_classifier_guides_an_unconditional_model_and_is_checked():
+    pipeline = untrained_pipeline()
+    model = pipeline.model
     labels = torch.tensor([1, 2, 3])
-    plain = generate(model, config, (1, 8, 8), 3, steps=2)
-    guided = generate(model, config, (1, 8, 8), 3, labels=labels, steps=2,
-                      classifier=untrained_classifier(model.process))
+    plain = pipeline.sample(3, steps=2)
+    guided = pipeline.sample(3, labels=labels, steps=2, classifier=untrained_classifier(model.process))
     assert torch.isfinite(guided).all() and not torch.equal(plain, guided)
     checks = [
         (dict(classifier=untrained_classifier(VP("linear"))), "needs the model's own process"),
@@ -325,21 +333,20 @@ def test_generate_guides_an_unconditional_model_and_checks_the_classifier():
     ]
     for options, message in checks:
         with pytest.raises(ValueError, match=message):
-            generate(model, config, (1, 8, 8), 3, labels=labels, steps=2, **options)
+            pipeline.sample(3, labels=labels, steps=2, **options)
     with pytest.raises(ValueError, match="classifier guidance needs labels"):
-        generate(model, config, (1, 8, 8), 3, steps=2, classifier=untrained_classifier(model.process))
+        pipeline.sample(3, steps=2, classifier=untrained_classifier(model.process))
     with pytest.raises(ValueError, match="unconditional; it takes no labels"):
-        generate(model, config, (1, 8, 8), 3, labels=labels, steps=2)
-    conditional = build_model(digits_config(cond="class", sigma_data=0.75), 10)
+        pipeline.sample(3, labels=labels, steps=2)
+    conditional = untrained_pipeline("class")
     with pytest.raises(ValueError, match="the classifier has 3 classes, the model 10"):
-        generate(conditional, config, (1, 8, 8), 3, labels=labels, steps=2,
-                 classifier=untrained_classifier(model.process, num_classes=3))
+        conditional.sample(3, labels=labels, steps=2, classifier=untrained_classifier(model.process, num_classes=3))
 
 
 # -- the command line ----------------------------------------------------------------------------------
 
 def train_classifier_cli(out, *options):
-    return run_main(["train-classifier", "--out", out, "--quiet", "--steps", 3, "--batch-size", 16,
+    return run_main(["train", "--task", "classifier", "--out", out, "--quiet", "--steps", 3, "--batch-size", 16,
                      "--checkpoint-every", 3, "--warmup-steps", 1, *options])
 
 
@@ -355,13 +362,13 @@ def runs(tmp_path_factory):
     code, _, err = run_main(["train", "--out", root / "digits", "--data", "digits", "--cond", "class",
                              "--network", unet_json(10), *common])
     assert code == 0, err
-    code, printed, err = train_classifier_cli(root / "ring-clf", "--data", "ring", "--classifier",
+    code, printed, err = train_classifier_cli(root / "ring-clf", "--data", "ring", "--network",
                                               json.dumps(TINY_MLP_CLASSIFIER))
     assert code == 0, err
     code, _, err = train_classifier_cli(root / "ring-clf-vp", "--data", "ring", "--process", "vp",
-                                        "--classifier", json.dumps(TINY_MLP_CLASSIFIER))
+                                        "--network", json.dumps(TINY_MLP_CLASSIFIER))
     assert code == 0, err
-    code, _, err = train_classifier_cli(root / "digits-clf", "--data", "digits", "--classifier",
+    code, _, err = train_classifier_cli(root / "digits-clf", "--data", "digits", "--network",
                                         json.dumps(TINY_UNET_CLASSIFIER), "--time-sampling", "log_normal")
     assert code == 0, err
     return root, printed
@@ -370,13 +377,14 @@ def runs(tmp_path_factory):
 def test_train_classifier_writes_a_run_with_the_options_given(runs):
     root, printed = runs
     assert "trained 3 steps" in printed and "test accuracy at noise" in printed and "chance 0.125" in printed
-    _, config, data = load_classifier(root / "ring-clf")
-    assert (config.steps, config.batch_size, config.warmup_steps, config.data) == (3, 16, 1, "ring")
-    assert config.classifier["hidden"] == 32 and data["num_classes"] == 8
-    assert load_classifier(root / "ring-clf-vp")[1].process == VP("linear").config()
-    assert load_classifier(root / "digits-clf")[1].time_sampling == "log_normal"
-    code, out, err = run_main(["train-classifier", "--out", root / "ring-clf", "--data", "ring", "--resume",
-                               "--steps", 4, "--quiet"])
+    classifier = load_classifier(root / "ring-clf")
+    config = classifier.run
+    assert (config.train.steps, config.train.batch_size, config.train.warmup_steps, config.data.name) == \
+        (3, 16, 1, "ring")
+    assert config.task.network["hidden"] == 32 and classifier.num_classes == 8
+    assert load_classifier(root / "ring-clf-vp").run.task.process == VP("linear").config()
+    assert load_classifier(root / "digits-clf").run.task.time_sampling == "log_normal"
+    code, out, err = run_main(["train", "--out", root / "ring-clf", "--resume", "--steps", 4, "--quiet"])
     assert code == 0 and "trained 4 steps" in out, err
 
 
@@ -429,7 +437,7 @@ def test_eval_passes_the_classifier_and_test_labels(runs, tmp_path, monkeypatch)
                                "--classifier-scale", 2, "--out", tmp_path / "scores.json"])
     assert code == 0, err
     test = diffuse.data.load_dataset("ring", "test")
-    assert seen["spec"] == "ring" and torch.equal(seen["labels"], test.labels[:5])
+    assert seen["spec"].name == "ring" and torch.equal(seen["labels"], test.labels[:5])
     assert seen["images"].shape == (5, 2) and "fd" in out
     code, _, err = run_main(["eval", root / "ring", "--n", 5, "--steps", 2, "--classifier", root / "ring-clf-vp"])
     assert code == 1 and "needs the model's own process" in err

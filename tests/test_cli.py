@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+import diffuse
 from _tiny import MLP, PYTHON, subprocess_env, unet_json
 from diffuse.checkpoint import latest_checkpoint
 from diffuse.cli import main, parse_labels
-from diffuse.training import load_model
+from diffuse.plotting import class_grid
 
 
 def run_main(argv: list[str]) -> tuple[int, str, str]:
@@ -59,17 +60,18 @@ def test_train_writes_checkpoint_pictures_and_the_options_given(digits_run):
     assert "trained 3 steps" in printed and "step-00000003" in printed
     assert latest_checkpoint(run).name == "step-00000003"
     assert (run / "samples.png").is_file() and (run / "loss.png").is_file()
-    _, config, data = load_model(run)
-    assert (config.cond, config.steps, config.batch_size, config.sample_steps, config.warmup_steps) == \
-        ("class", 3, 16, 2, 1)
-    assert config.network == json.loads(unet_json(10))
-    assert data["num_classes"] == 10 and data["shape"] == [1, 8, 8]
+    assert (run / "pictures" / "samples-step-00000003.png").is_file()
+    pipeline = diffuse.load(run)
+    config = pipeline.config
+    assert (config.task.cond, config.train.steps, config.train.batch_size, config.task.sample_steps,
+            config.train.warmup_steps) == ("class", 3, 16, 2, 1)
+    assert config.task.network == json.loads(unet_json(10))
+    assert pipeline.num_classes == 10 and pipeline.shape == (1, 8, 8)
 
 
 def test_train_resume_extends_the_run(tmp_path):
     assert train(tmp_path, "--data", "ring", "--network", json.dumps(MLP))[0] == 0
-    code, out, err = run_main(["train", "--out", tmp_path, "--data", "ring", "--resume", "--steps", 5,
-                               "--quiet"])
+    code, out, err = run_main(["train", "--out", tmp_path, "--resume", "--steps", 5, "--quiet"])
     assert code == 0, err
     assert "trained 5 steps" in out and latest_checkpoint(tmp_path).name == "step-00000005"
 
@@ -77,24 +79,36 @@ def test_train_resume_extends_the_run(tmp_path):
 def test_train_stores_the_time_options_given(tmp_path):
     options = ["--data", "ring", "--network", json.dumps(MLP), "--time-sampling", "logit_normal"]
     assert train(tmp_path, *options, "--time-options", '{"logit_mean": 0.5}')[0] == 0
-    assert load_model(tmp_path)[1].time_options == {"logit_mean": 0.5}
+    assert diffuse.load(tmp_path).config.task.time_options == {"logit_mean": 0.5}
 
 
 @pytest.mark.parametrize("options, message", [
     (["--data", "nonsense"], "unknown data set 'nonsense'"),
-    (["--data", "digits", "--network", "{not json"], "Expecting property name"),
     (["--data", "digits", "--cond", "class", "--network", unet_json(None)], "num_classes=10"),
-    (["--data", "ring", "--batch-size", 0], "batch_size must be positive"),
     (["--data", "ring", "--time-options", '{"p_men": 0}'], "'log_normal' has no option(s) ['p_men']"),
+    (["--data", "ring", "--network", "[1, 2]"], "flags: task.network must be a JSON object, got [1, 2]"),
+    (["--data", "ring", "--batch-size", 0], "train: batch_size must be an integer >= 1, got 0"),
+    (["--data", "ring", "--ema-decay", 1.5], "ema_decay must be a finite number in [0, 1), got 1.5"),
 ])
 def test_train_errors_exit_1_with_a_message(tmp_path, options, message):
     code, _, err = train(tmp_path / "run", *options)
     assert code == 1
-    assert err.startswith("diffuse train: error:") and message in err
+    assert err.startswith("diffuse train: error:") and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--network", "{not json"], "argument --network: not valid JSON (Expecting property name"),
+    (["--lr", "nan"], "argument --lr: expected a finite number"),
+    (["--cond", "words"], "argument --cond: invalid choice: 'words'"),
+])
+def test_unreadable_flags_exit_2_with_a_one_line_message(tmp_path, options, message):
+    code, _, err = train(tmp_path / "run", "--data", "ring", *options)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_non_finite_loss_exits_1_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    from diffuse.training import config as config_module
+    from diffuse.training.tasks import diffusion as config_module
 
     class Poisoned(config_module.DenoisingLoss):
         calls = 0
@@ -104,14 +118,14 @@ def test_a_non_finite_loss_exits_1_and_keeps_the_last_checkpoint(tmp_path, monke
             loss = super().__call__(*args, **kwargs)
             return loss * float("nan") if Poisoned.calls == 3 else loss
 
-    monkeypatch.setattr(config_module, "DenoisingLoss", Poisoned)  # TrainConfig.denoising_loss builds it
+    monkeypatch.setattr(config_module, "DenoisingLoss", Poisoned)  # DiffusionTaskConfig.denoising_loss builds it
     code, out, err = run_main(["train", "--out", tmp_path, "--data", "ring", "--network", json.dumps(MLP),
                                "--steps", 6, "--checkpoint-every", 2, "--quiet"])
     assert code == 1 and out == ""
     assert "diffuse train: error: the loss is nan at step 3" in err and "Traceback" not in err
     assert latest_checkpoint(tmp_path).name == "step-00000002"
     assert not (tmp_path / "checkpoints" / "step-00000003").exists()
-    load_model(tmp_path)
+    diffuse.load(tmp_path)
 
 
 # -- image folders -------------------------------------------------------------------------------
@@ -130,8 +144,7 @@ def test_train_on_an_image_folder(tmp_path):
                              "--steps", 2, "--batch-size", 4, "--sample-steps", 2,
                              "--network", unet_json(None)])
     assert code == 0, err
-    _, _, data = load_model(tmp_path / "run")
-    assert data["shape"] == [1, 8, 8]
+    assert diffuse.load(tmp_path / "run").shape == (1, 8, 8)
 
 
 def test_a_corrupt_image_is_named_in_the_error(tmp_path):
@@ -152,15 +165,18 @@ def test_a_missing_image_folder_exits_1(tmp_path):
 
 # -- sample ------------------------------------------------------------------------------------------
 
-def test_sample_png_is_a_grid_with_one_column_per_label(digits_run, tmp_path):
+def test_sample_png_is_a_class_major_grid_of_the_samples(digits_run, tmp_path):
     run, _ = digits_run
-    code, out, err = sample(run, tmp_path / "sub" / "x.png", "--n", 12, "--labels", "0-9")
+    code, out, err = sample(run, tmp_path / "sub" / "x.png", "--n", 30, "--labels", "0-2")
     assert code == 0, err
-    assert "wrote 12 samples" in out
+    assert "wrote 30 samples" in out
+    assert sample(run, tmp_path / "x.npz", "--n", 30, "--labels", "0-2")[0] == 0
+    with np.load(tmp_path / "x.npz") as f:
+        images, labels = torch.from_numpy(f["images"])[:, None] * 2 - 1, torch.from_numpy(f["labels"])
     with Image.open(tmp_path / "sub" / "x.png") as image:
-        width, height = image.size
-    # ten columns and two rows of equal square cells, each with a one-pixel border
-    assert (width - 1) == 5 * (height - 1) and width >= 10 * 8
+        drawn = np.asarray(image.convert("RGB"))
+    expected = class_grid(images, labels, scale=8)  # 8x8 digits are drawn 8 times larger
+    assert drawn.shape == expected.shape and np.abs(drawn.astype(int) - expected).max() <= 1
 
 
 def test_sample_npz_holds_images_in_unit_range_and_cycled_labels(digits_run, tmp_path):
@@ -191,13 +207,15 @@ def test_sample_is_a_function_of_the_seed_and_guidance_changes_it(digits_run, tm
     assert not np.array_equal(plain, draw("e.npz", "--no-ema"))
 
 
-def test_sample_a_toy_run_writes_points(ring_run, tmp_path):
+def test_sample_a_toy_run_writes_points_or_their_scatter(ring_run, tmp_path):
     assert sample(ring_run, tmp_path / "p.npz", "--n", 7)[0] == 0
     with np.load(tmp_path / "p.npz") as f:
         assert f["points"].shape == (7, 2) and f["points"].dtype == np.float32
         assert np.isfinite(f["points"]).all() and f["labels"].tolist() == [-1] * 7
     code, _, err = sample(ring_run, tmp_path / "p.png", "--n", 7)
-    assert code == 1 and "not images" in err and not (tmp_path / "p.png").exists()
+    assert code == 0, err
+    with Image.open(tmp_path / "p.png") as image:
+        assert image.size == (480, 480)
 
 
 @pytest.mark.parametrize("which, options, message", [
@@ -205,12 +223,14 @@ def test_sample_a_toy_run_writes_points(ring_run, tmp_path):
     ("ring", ["--guidance", "2"], "guidance needs labels"),
     ("digits", ["--labels", "0-10"], "labels must lie in 0..9"),
     ("digits", ["--labels", "three"], "cannot read labels"),
-    ("digits", ["--n", "0"], "--n must be positive"),
+    ("digits", ["--guidance", "inf"], "argument --guidance: expected a finite number >= 0"),
+    ("digits", ["--n", "0"], "argument --n: expected a finite number >= 1"),
+    ("digits", ["--steps", "0"], "argument --steps: expected a finite number >= 1"),
 ])
-def test_sample_errors_exit_1_with_a_message(digits_run, ring_run, tmp_path, which, options, message):
+def test_sample_errors_exit_with_a_one_line_message(digits_run, ring_run, tmp_path, which, options, message):
     run = ring_run if which == "ring" else digits_run[0]
     code, out, err = sample(run, tmp_path / "x.npz", *options)
-    assert code == 1 and out == ""
+    assert code in (1, 2) and out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith("diffuse sample: error:") and message in err
     assert not (tmp_path / "x.npz").exists()
 

@@ -15,7 +15,9 @@ import torch
 from PIL import Image
 
 from diffuse.data import (
-    Dataset,
+    DataConfig,
+    ImageFolder,
+    TensorDataset,
     available,
     from_unit,
     load_dataset,
@@ -62,11 +64,40 @@ def test_unit_conversions_invert_and_clamp():
 
 
 def test_dataset_properties_and_label_check():
-    ds = Dataset(torch.zeros(4, 1, 3, 5), torch.arange(4), ["a", "b", "c", "d"], "x")
-    assert len(ds) == 4 and ds.shape == (1, 3, 5) and ds.num_classes == 4
-    assert Dataset(torch.zeros(2, 2), None, None, "toy").num_classes is None
+    ds = TensorDataset(torch.zeros(4, 1, 3, 5), torch.arange(4), ["a", "b", "c", "d"], "x", modality="image")
+    assert len(ds) == 4 and ds.shape == (1, 3, 5) and ds.num_classes == 4 and ds.modality == "image"
+    assert TensorDataset(torch.zeros(2, 2), None, None, "toy", modality="vector").num_classes is None
     with pytest.raises(ValueError, match="labels"):
-        Dataset(torch.zeros(4, 2), torch.arange(3), None, "bad")
+        TensorDataset(torch.zeros(4, 2), torch.arange(3), None, "bad", modality="vector")
+    with pytest.raises(ValueError, match="modality must be one of"):
+        TensorDataset(torch.zeros(4, 2), modality="sound")
+    with pytest.raises(ValueError, match=r"images must be \[N, C, H, W\]"):
+        TensorDataset(torch.zeros(4, 2), modality="image")
+
+
+def test_examples_are_dicts_and_batches_are_read_at_once():
+    ds = TensorDataset(torch.arange(12.0).reshape(3, 1, 2, 2), torch.tensor([2, 0, 1]), ["a", "b", "c"], "x",
+                       ["one", "two", "three"], modality="image")
+    example = ds[1]
+    assert set(example) == {"x", "label", "caption"} and example["caption"] == "two"
+    assert torch.equal(example["x"], ds.data[1]) and int(example["label"]) == 0
+    batch = ds.__getitems__([2, 0])
+    assert torch.equal(batch["x"], ds.data[[2, 0]]) and batch["label"].tolist() == [1, 2]
+    assert batch["caption"] == ["three", "one"]
+    assert ds.fields == ("x", "label", "caption") and ds.info().fields == ("x", "label", "caption")
+    with pytest.raises(IndexError, match="index 3 out of range"):
+        ds[3]
+
+
+def test_random_flips_come_with_a_seed_and_only_then():
+    images = torch.arange(16.0).reshape(4, 1, 2, 2)
+    ds = TensorDataset(images, modality="image", random_flip=True)
+    assert torch.equal(ds.__getitems__([0, 1, 2, 3])["x"], images)  # no seed, no augmentation: a test split
+    drawn = ds.__getitems__([(i, seed) for i in range(4) for seed in range(8)])["x"].reshape(4, 8, 1, 2, 2)
+    flipped = torch.tensor([torch.equal(d, images[i].flip(-1)) for i in range(4) for d in drawn[i]])
+    kept = torch.tensor([torch.equal(d, images[i]) for i in range(4) for d in drawn[i]])
+    assert (flipped | kept).all() and 0 < int(flipped.sum()) < 32  # mirrored or not, some of each
+    assert torch.equal(ds.__getitems__([(1, 5)])["x"], ds.__getitems__([(1, 5)])["x"])  # a function of the seed
 
 
 # ---------------------------------------------------------------- digits
@@ -310,12 +341,83 @@ def test_folder_forced_greyscale(class_folder):
     assert ds.data[1, 0, 0, 0].item() == pytest.approx(signed(76), abs=0.01)
 
 
-def test_folder_all_grey_defaults_to_one_channel(tmp_path):
+def test_folder_of_grey_files_defaults_to_one_channel(tmp_path):
     solid("L", (5, 5), 10).save(tmp_path / "a.png")
-    # An RGB file holding only greys is still grey.
-    solid("RGB", (5, 5), (200, 200, 200)).save(tmp_path / "b.png")
+    solid("LA", (5, 5), (30, 255)).save(tmp_path / "b.png")
     ds = load_image_folder(tmp_path)
     assert ds.data.shape == (2, 1, 5, 5) and ds.labels is None and ds.class_names is None
+    # The channels follow the files' modes, read from their headers: an RGB file is colour even when
+    # it holds only greys (telling would mean decoding every image before training starts).
+    solid("RGB", (5, 5), (200, 200, 200)).save(tmp_path / "c.png")
+    assert load_image_folder(tmp_path).shape == (3, 5, 5)
+
+
+def test_sixteen_bit_and_palette_images_convert_to_their_levels(tmp_path):
+    levels = np.array([[0, 1000], [40000, 65535]], dtype=np.uint16)
+    Image.fromarray(levels).save(tmp_path / "deep.png")  # a 16-bit grey PNG
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    expected = torch.from_numpy(levels.astype(np.float64) / 65535 * 2 - 1).float()
+    torch.testing.assert_close(load_image_folder(tmp_path).data[0, 0], expected, atol=1e-6, rtol=0)
+    rgb = load_image_folder(tmp_path, channels=3).data[0]
+    assert torch.equal(rgb[0], rgb[1]) and torch.equal(rgb[1], rgb[2])
+    torch.testing.assert_close(rgb[0], expected, atol=1e-6, rtol=0)
+    palette = tmp_path / "palette"
+    palette.mkdir()
+    image = Image.new("P", (2, 1))
+    image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    image.putpixel((0, 0), 0), image.putpixel((1, 0), 1)
+    image.save(palette / "p.png")
+    x = load_image_folder(palette).data[0]
+    assert x.shape == (3, 1, 2) and x[:, 0, 0].tolist() == [1, -1, -1] and x[:, 0, 1].tolist() == [-1, -1, 1]
+
+
+def test_a_folder_reads_each_image_when_it_is_asked_for(tmp_path, monkeypatch):
+    from diffuse.data import folder
+
+    for k in range(6):
+        solid("RGB", (8 + k, 6), (40 * k, 0, 0)).save(tmp_path / f"{k}.png")
+    decoded = []
+    real = folder.read_image
+    monkeypatch.setattr(folder, "read_image", lambda path: decoded.append(path.name) or real(path))
+    ds = ImageFolder(tmp_path, size=4, channels=3)
+    assert decoded == [] and len(ds) == 6 and ds.shape == (3, 4, 4)  # listed, nothing decoded
+    assert not any(isinstance(v, torch.Tensor) and v.numel() > 6 for v in vars(ds).values())  # no pixels held
+    ds[3]
+    assert decoded == ["3.png"]
+    ds.__getitems__([5, 1])
+    assert decoded == ["3.png", "5.png", "1.png"]
+
+
+def test_folder_crops_and_flips_training_draws_only(tmp_path):
+    ramp = np.tile(np.arange(0, 240, 20, dtype=np.uint8), (4, 1))  # 12 wide, 4 high: columns differ
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    centre = ImageFolder(tmp_path, size=4, channels=1)
+    assert torch.equal(centre[0]["x"], centre[0]["x"])
+    middle = torch.from_numpy(ramp[:, 4:8].astype(np.float32)) / 127.5 - 1
+    torch.testing.assert_close(centre[0]["x"][0], middle)  # no seed: the centre
+    random = ImageFolder(tmp_path, size=4, channels=1)
+    crops = {tuple(random[(0, seed)]["x"][0, 0].tolist()) for seed in range(40)}
+    assert len(crops) > 3  # random places
+    fixed = ImageFolder(tmp_path, size=4, channels=1, center_crop=True, random_flip=True)
+    draws = [fixed[(0, seed)]["x"][0] for seed in range(20)]
+    same, mirrored = ([torch.allclose(d, m, atol=1e-6) for d in draws] for m in (middle, middle.flip(-1)))
+    assert all(a or b for a, b in zip(same, mirrored)) and any(same) and any(mirrored)
+
+
+def test_a_data_config_records_absolute_paths_and_checks_its_options(tmp_path, monkeypatch):
+    for i in range(10):
+        solid("L", (4, 4), i * 20).save(tmp_path / f"{i}.png")
+    monkeypatch.chdir(tmp_path.parent)
+    ds = load_dataset(f"folder:{tmp_path.name}", size=2)
+    assert ds.source["name"] == f"folder:{tmp_path.resolve()}" and ds.source["size"] == 2
+    monkeypatch.chdir("/")
+    assert torch.equal(load_dataset(ds.source).data, ds.data)  # the record loads it from anywhere
+    with pytest.raises(ValueError, match="size, center_crop and channels apply to image folders"):
+        DataConfig("digits", size=4)
+    with pytest.raises(ValueError, match=r"data set 'ring' has no option\(s\) \['m'\]"):
+        load_dataset("ring", m=3)
+    with pytest.raises(ValueError, match="given in Python"):
+        load_dataset({"name": "python", "options": {"description": "mine"}})
 
 
 def test_folder_centre_crop_keeps_the_middle(tmp_path):
@@ -337,7 +439,7 @@ def test_folder_resize_to_rectangle(tmp_path):
 def test_folder_mismatched_sizes_need_size(tmp_path):
     solid("L", (8, 8), 0).save(tmp_path / "a.png")
     solid("L", (9, 7), 0).save(tmp_path / "b.png")
-    with pytest.raises(ValueError, match=r"b\.png is 9x7 but .*a\.png is 8x8"):
+    with pytest.raises(ValueError, match=r"b\.png is 9x7 but .*a\.png is 8x8.*--size"):
         load_image_folder(tmp_path)
     assert load_image_folder(tmp_path, size=8).data.shape == (2, 1, 8, 8)
 

@@ -11,9 +11,9 @@ import textwrap
 import pytest
 import torch
 
+import diffuse
 from _tiny import MLP, PYTHON, free_port, subprocess_env
 from diffuse.checkpoint import latest_checkpoint, load_json
-from diffuse.training import load_model
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
@@ -47,9 +47,9 @@ def test_two_processes_train_through_python_dash_m_diffuse(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000002", "step-00000004"]
     meta = load_json(latest_checkpoint(run) / "trainer.json")
     assert meta["step"] == 4 and meta["world_size"] == 2
-    model, config, _ = load_model(run)
-    assert config.batch_size == 8  # the global batch, split 4 + 4
-    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    pipeline = diffuse.load(run)
+    assert pipeline.config.train.batch_size == 8  # the global batch, split 4 + 4
+    assert all(torch.isfinite(v).all() for v in pipeline.model.state_dict().values())
     # one writer: one line per logging step, not one per rank
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [4]
@@ -62,20 +62,20 @@ PROBE = textwrap.dedent("""
     import torch
     import torch.distributed as dist
     from diffuse import cli
-    from diffuse.training import Trainer
+    from diffuse.training import Engine
 
     report, argv = sys.argv[1], sys.argv[2:]
     dist.init_process_group("gloo")
     seen = {}
-    fit = Trainer.fit
+    fit = Engine.fit
 
     def probing_fit(self):
         seen["trainer"] = self
-        seen["batch"] = self.next_batch(torch.Generator().manual_seed(0))[0]  # this rank's slice of step 0
+        seen["batch"] = self.batch_at(0)["x"]  # this rank's slice of step 0
         seen["start"] = torch.cat([p.detach().flatten() for p in self.model.parameters()])
         return fit(self)
 
-    Trainer.fit = probing_fit
+    Engine.fit = probing_fit
     code = cli.main(argv)
     trainer = seen["trainer"]
 
@@ -118,7 +118,7 @@ def test_ranks_see_different_data_and_keep_identical_weights(tmp_path):
     assert torch.equal(end[0], end[1]) and torch.equal(ema[0], ema[1])  # gradients were averaged
     assert not torch.equal(start[0], end[0])
     # rank 0's checkpoint is those weights
-    raw, _, _ = load_model(run, ema=False)
+    raw = diffuse.load(run, ema=False).model
     assert torch.equal(torch.cat([p.flatten() for p in raw.parameters()]), end[0])
 
 

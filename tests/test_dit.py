@@ -377,19 +377,22 @@ def test_bad_config_raises(fields, message):
 
 
 def test_trains_and_loads(tmp_path):
-    from diffuse.training import TrainConfig, Trainer, load_model
+    import diffuse
+    from _tiny import run_config
+    from diffuse.training import Engine
 
     network = {"kind": "dit", "in_channels": 1, "image_size": 8, "patch_size": 2, "hidden": 32,
                "depth": 1, "num_heads": 2, "num_classes": 10}
-    config = TrainConfig(data="digits", cond="class", network=network, batch_size=16, steps=2,
-                         checkpoint_every=2, grid_size=4, sample_steps=2)
-    trainer = Trainer(config, tmp_path, progress=False)
-    trainer.fit()
-    model, loaded_config, data = load_model(tmp_path)
-    assert isinstance(model.net, DiT) and loaded_config.network == network
+    config = run_config(data="digits", cond="class", network=network, batch_size=16, steps=2,
+                        checkpoint_every=2, grid_size=4, sample_steps=2)
+    engine = Engine(config, tmp_path, progress=False)
+    engine.fit()
+    pipeline = diffuse.load(tmp_path)
+    model = pipeline.model
+    assert isinstance(model.net, DiT) and pipeline.config.task.network == network
     x, t, labels = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.7]), torch.tensor([1, 10])
     with torch.no_grad():
-        torch.testing.assert_close(model(x, t, labels), trainer.ema.eval()(x, t, labels))
+        torch.testing.assert_close(model(x, t, labels), engine.ema.eval()(x, t, labels))
 
 
 def test_the_denoiser_passes_a_text_context_through():

@@ -1,4 +1,4 @@
-"""Sample metrics: closed forms, brute-force references (scipy) and the feature classifier."""
+"""Sample metrics: closed forms, brute-force references (scipy) and the feature network."""
 
 import math
 import pickle
@@ -13,11 +13,11 @@ from scipy.spatial.distance import cdist
 
 from diffuse.checkpoint import CheckpointError
 from diffuse.data import load_dataset
-from diffuse.metrics import (ClassifierConfig, FeatureClassifier, cached_meta, evaluate, floor,
-                             frechet_distance, gaussian_frechet_distance, load_or_train_classifier,
-                             memorisation, mmd, precision_recall_density_coverage, sliced_wasserstein,
-                             train_classifier)
-from diffuse.metrics import classifier as classifier_module
+from diffuse.metrics import (FeatureConfig, FeatureNetwork, cached_meta, evaluate, feature_network, floor,
+                             frechet_distance, gaussian_frechet_distance, load_feature_network, memorisation, mmd,
+                             precision_recall_density_coverage, sliced_wasserstein, train_feature_network)
+from diffuse.metrics import features as features_module
+from diffuse.models.features import FeatureNetworkConfig
 from diffuse.metrics.distances import _wasserstein2_1d_sq
 
 TINY = dict(channels=4, features=8, epochs=1, batch_size=32, train_size=64)
@@ -203,59 +203,61 @@ def test_memorisation_neighbours_match_brute_force_and_a_duplicated_image_still_
     assert int(m["nearest_index"][-1]) in (3, 7)
 
 
-# -- the feature classifier -------------------------------------------------------------------------
+# -- the feature network -----------------------------------------------------------------------------
 
-def tiny_config(ds, **kw):
-    return ClassifierConfig(image_shape=ds.shape, num_classes=ds.num_classes, **{**TINY, **kw})
-
-
-def test_classifier_training_is_deterministic_and_leaves_the_global_rng_alone(digits):
+def test_feature_network_training_is_deterministic_and_leaves_the_global_rng_alone(digits, tmp_path):
     train, _ = digits
     before = torch.get_rng_state()
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)      # raises on any op without a deterministic kernel
     try:
-        a = train_classifier(train.data, train.labels, tiny_config(train, shift=1))
-        b = train_classifier(train.data, train.labels, tiny_config(train, shift=1))
+        a = train_feature_network(train, FeatureConfig(**TINY, shift=1), tmp_path / "a")
+        b = train_feature_network(train, FeatureConfig(**TINY, shift=1), tmp_path / "b")
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
     assert torch.equal(before, torch.get_rng_state())
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    c = train_classifier(train.data, train.labels, tiny_config(train, shift=1, seed=1))
+    c = train_feature_network(train, FeatureConfig(**TINY, shift=1, seed=1), tmp_path / "c")
     assert not torch.equal(sa["head.weight"], c.state_dict()["head.weight"])
+    # trained by the engine: a run folder, read back as such
+    assert states_equal(load_feature_network(tmp_path / "a").state_dict(), sa)
     feats = a.features(train.data[:10])
     assert feats.shape == (10, TINY["features"]) and a.logits(train.data[:10]).shape == (10, 10)
     with pytest.raises(ValueError, match="expected images"):
         a.features(torch.zeros(2, 1, 28, 28))
 
 
+def states_equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
-def test_classifier_architecture_fits_common_image_sizes(shape):
-    model = FeatureClassifier(ClassifierConfig(image_shape=shape, num_classes=3, channels=4, features=8))
+def test_feature_network_architecture_fits_common_image_sizes(shape):
+    model = FeatureNetwork(FeatureNetworkConfig(image_shape=shape, num_classes=3, channels=4, features=8))
     x = torch.zeros(2, *shape)
     assert model(x).shape == (2, 3) and model.features(x).shape == (2, 8)
 
 
-def test_classifier_cache_round_trip(tmp_path, monkeypatch):
-    first = load_or_train_classifier("digits", cache_dir=tmp_path, **TINY)
+def test_feature_network_cache_round_trip(tmp_path, monkeypatch):
+    first = feature_network("digits", cache_dir=tmp_path, **TINY)
     entries = list(tmp_path.iterdir())
     assert [p.name for p in entries] == [first.cache_path.name] and first.cache_path.name.startswith("digits-")
-    assert {p.name for p in first.cache_path.iterdir()} == {"config.json", "weights.safetensors", "meta.json"}
+    assert {"checkpoints", "metrics.jsonl", "meta.json"} <= {p.name for p in first.cache_path.iterdir()}
     assert cached_meta(first)["train_size"] == TINY["train_size"]
 
     def no_training(*args, **kwargs):
-        raise AssertionError("the cached classifier should have been loaded, not retrained")
+        raise AssertionError("the cached network should have been loaded, not retrained")
 
-    monkeypatch.setattr(classifier_module, "train_classifier", no_training)
-    second = load_or_train_classifier("digits", cache_dir=tmp_path, **TINY)
+    monkeypatch.setattr(features_module, "train_feature_network", no_training)
+    second = feature_network("digits", cache_dir=tmp_path, **TINY)
     x = load_dataset("digits", "test").data[:50]
     assert torch.equal(first.features(x), second.features(x))
     # Another config is another entry; DIFFUSE_CACHE moves the default location.
-    monkeypatch.setattr(classifier_module, "train_classifier", train_classifier)
+    monkeypatch.setattr(features_module, "train_feature_network", train_feature_network)
     monkeypatch.setenv("DIFFUSE_CACHE", str(tmp_path / "env"))
-    third = load_or_train_classifier("digits", **{**TINY, "seed": 1})
-    assert third.cache_path.parent == tmp_path / "env" / "classifiers"
+    third = feature_network("digits", **{**TINY, "seed": 1})
+    assert third.cache_path.parent == tmp_path / "env" / "features"
     assert third.cache_path.name != first.cache_path.name
 
 
@@ -270,52 +272,53 @@ class _Trap:
 
 
 def test_a_pickle_disguised_as_the_cached_weights_is_refused(tmp_path):
-    model = load_or_train_classifier("digits", cache_dir=tmp_path, **TINY)
+    model = feature_network("digits", cache_dir=tmp_path, **TINY)
     marker = tmp_path / "pickle-was-run"
-    (model.cache_path / "weights.safetensors").write_bytes(pickle.dumps(_Trap(marker), protocol=2))
+    weights = next(model.cache_path.glob("checkpoints/step-*/model.safetensors"))
+    weights.write_bytes(pickle.dumps(_Trap(marker), protocol=2))
     with pytest.raises(CheckpointError, match="pickle"):
-        load_or_train_classifier("digits", cache_dir=tmp_path, **TINY)
-    torch.save({"head.weight": torch.zeros(1)}, model.cache_path / "weights.safetensors")
+        feature_network("digits", cache_dir=tmp_path, **TINY)
+    torch.save({"head.weight": torch.zeros(1)}, weights)
     with pytest.raises(CheckpointError):
-        FeatureClassifier.load(model.cache_path)
+        load_feature_network(model.cache_path)
     assert not marker.exists()
 
 
-# -- the real digits classifier, evaluate and floor ----------------------------------------------------
+# -- the real digits feature network, evaluate and floor ----------------------------------------------------
 
 @pytest.fixture(scope="module")
-def digits_classifier(tmp_path_factory):
+def digits_network(tmp_path_factory):
     start = time.perf_counter()
-    model = load_or_train_classifier("digits", cache_dir=tmp_path_factory.mktemp("classifiers"))
+    model = feature_network("digits", cache_dir=tmp_path_factory.mktemp("features"))
     model.train_seconds = time.perf_counter() - start
     return model
 
 
-def test_digits_classifier_is_accurate_and_quick(digits_classifier, digits):
+def test_digits_network_is_accurate_and_quick(digits_network, digits):
     _, test = digits
-    assert digits_classifier.accuracy(test.data, test.labels) >= 0.97
-    assert digits_classifier.train_seconds < 60
+    assert digits_network.accuracy(test.data, test.labels) >= 0.97
+    assert digits_network.train_seconds < 60
 
 
-def test_floor_and_evaluate_on_digits(digits_classifier, digits):
+def test_floor_and_evaluate_on_digits(digits_network, digits):
     train, test = digits
-    ref = floor("digits", digits_classifier)
+    ref = floor("digits", digits_network)
     assert ref["n_generated"] == ref["n_reference"] == len(test)
     assert ref["accuracy"] > 0.97 and ref["classifier_test_accuracy"] >= 0.97
     assert ref["precision"] > 0.9 and ref["recall"] > 0.9 and ref["coverage"] > 0.9
     assert ref["memorised_ratio"] <= 0.02 and ref["memorised_normalised"] <= 0.02
-    small = floor("digits", digits_classifier, n=100)   # to compare with 100 generated images
+    small = floor("digits", digits_network, n=100)   # to compare with 100 generated images
     assert small["n_generated"] == 100 and small["fd"] > ref["fd"]   # FD's bias grows as n shrinks
     with pytest.raises(ValueError, match="n must lie"):
-        floor("digits", digits_classifier, n=len(train) + 1)
+        floor("digits", digits_network, n=len(train) + 1)
 
     noise = torch.rand(len(test), *test.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    bad = evaluate(noise, test.labels, "digits", digits_classifier)
+    bad = evaluate(noise, test.labels, "digits", digits_network)
     assert bad["fd"] > 10 * ref["fd"] and bad["sw"] > 5 * ref["sw"] and bad["mmd"] > 0.1
     assert bad["recall"] < 0.1 and bad["accuracy"] < 0.5
 
-    copies = evaluate(train.data[:len(test)], None, "digits", digits_classifier)
+    copies = evaluate(train.data[:len(test)], None, "digits", digits_network)
     assert "accuracy" not in copies
     assert copies["memorised_ratio"] == 1.0 and copies["memorised_normalised"] == 1.0
     with pytest.raises(ValueError, match="shape"):
-        evaluate(torch.zeros(4, 1, 28, 28), None, "digits", digits_classifier)
+        evaluate(torch.zeros(4, 1, 28, 28), None, "digits", digits_network)

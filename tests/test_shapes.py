@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffuse.data import Dataset, load_dataset, load_shapes
+from diffuse.data import TensorDataset, load_dataset, load_shapes
 from diffuse.data.shapes import (
     ALTERATIONS,
     COLOURS,
@@ -28,7 +28,7 @@ from diffuse.data.shapes import (
     render,
     split_captions,
 )
-from diffuse.data.shapes_detector import (
+from diffuse.data.shapes.detector import (
     caption_accuracy,
     caption_error,
     caption_errors,
@@ -240,12 +240,13 @@ def test_layout_keeps_objects_apart_and_the_relation_clear():
         assert abs(across[1] - across[0]) <= MAX_OFFSET + 1e-9
 
 
-def test_dataset_carries_captions_through_subsets():
-    ds = Dataset(torch.zeros(3, 2), None, None, "x", ["a", "b", "c"])
+def test_dataset_carries_captions_through_subsets_and_batches():
+    ds = TensorDataset(torch.zeros(3, 2), None, None, "x", ["a", "b", "c"], modality="vector")
     assert ds.subset(torch.tensor([2, 0]), "y").captions == ["c", "a"]
-    assert Dataset(torch.zeros(3, 2), None, None, "x").subset([1], "y").captions is None
+    assert ds[1]["caption"] == "b" and ds.__getitems__([2, 0])["caption"] == ["c", "a"]
+    assert TensorDataset(torch.zeros(3, 2), None, None, "x", modality="vector").subset([1], "y").captions is None
     with pytest.raises(ValueError, match="3 samples but 2 captions"):
-        Dataset(torch.zeros(3, 2), None, None, "x", ["a", "b"])
+        TensorDataset(torch.zeros(3, 2), None, None, "x", ["a", "b"], modality="vector")
 
 
 # ---------------------------------------------------------------- detector

@@ -10,7 +10,9 @@ from diffuse.data import load_dataset
 from diffuse.models import build_network, network_config, text_network
 from diffuse.models.text import PAD_ID, TextEncoder
 from diffuse.text import WordTokenizer
-from diffuse.training import TrainConfig, Trainer
+import diffuse
+from _tiny import run_config
+from diffuse.training import Engine
 
 UNET = {"kind": "unet", "in_channels": 3, "channels": 16, "channel_mults": [1, 2], "attention_levels": [1]}
 DIT = {"kind": "dit", "in_channels": 3, "image_size": 8, "patch_size": 2, "hidden": 32, "depth": 1, "num_heads": 2}
@@ -154,101 +156,114 @@ def test_text_network_config_round_trips_and_refuses_bad_input():
         build_network(UNET)(torch.randn(1, 3, 8, 8), torch.zeros(1), context=torch.randn(1, 2, 32))
 
 
-def shapes_config(**overrides) -> TrainConfig:
+def shapes_config(**overrides):
     network = text_network({**UNET, "channels": 8}, vocab_size=17, max_length=10, width=16, layers=1)
     settings = dict(data="shapes", cond="text", network=network, batch_size=8, steps=2, checkpoint_every=2,
                     grid_size=2, sample_steps=2, warmup_steps=1, label_dropout=0.5)
-    return TrainConfig(**{**settings, **overrides})
+    return run_config(**{**settings, **overrides})
+
+
+def conditions_given(engine: Engine, step: int = 0) -> dict:
+    """What the network is given with the batch of `step` (the null text where dropped)."""
+    seen = {}
+
+    def model(x, t, **cond):
+        seen.update(cond)
+        return torch.zeros_like(x)
+
+    engine.task.loss(model, engine.batch_at(step), torch.Generator().manual_seed(0))
+    return seen
 
 
 def test_training_on_captions_stores_the_tokenizer_and_drops_text_to_padding(tmp_path):
     data = load_dataset("shapes", "train", n=64)
-    trainer = Trainer(shapes_config(), tmp_path, dataset=data, progress=False)
+    engine = Engine(shapes_config(), tmp_path, dataset=data, progress=False)
     tokenizer = WordTokenizer.fit(data.captions)
-    assert trainer.tokenizer == tokenizer and len(tokenizer) == 17
-    _, cond = trainer.next_batch(torch.Generator().manual_seed(0))
-    dropped = (cond["tokens"] == 0).all(dim=1)
+    assert engine.task.tokenizer == tokenizer and len(tokenizer) == 17
+    tokens = conditions_given(engine)["tokens"]
+    dropped = (tokens == 0).all(dim=1)
     assert 0 < dropped.sum() < len(dropped)                       # some rows are the null text
-    kept = cond["tokens"][~dropped]
+    kept = tokens[~dropped]
     assert all(text in data.captions for text in tokenizer.decode(kept))
-    trainer.fit()
+    engine.fit()
     stored = load_json(latest_checkpoint(tmp_path) / "config.json")
-    assert WordTokenizer.from_dict(stored["data"]["tokenizer"]) == tokenizer
-    resumed = Trainer(shapes_config(steps=3), tmp_path, resume=True, dataset=data, progress=False)
-    assert resumed.tokenizer == tokenizer and resumed.step == 2
+    assert WordTokenizer.from_dict(stored["state"]["tokenizer"]) == tokenizer
+    resumed = Engine(shapes_config(steps=3), tmp_path, resume=True, dataset=data, progress=False)
+    assert resumed.task.tokenizer == tokenizer and resumed.step == 2
 
 
 def test_text_conditioning_needs_captions(tmp_path):
     with pytest.raises(ValueError, match="captioned"):
-        Trainer(shapes_config(data="digits", network=None), tmp_path, progress=False)
+        Engine(shapes_config(data="digits", network=None), tmp_path, progress=False)
 
 
 def test_an_image_network_given_for_text_is_wrapped_and_sizes_are_filled_in(tmp_path):
     data = load_dataset("shapes", "train", n=64)
     dit = {"kind": "dit", "in_channels": 3, "image_size": 32, "patch_size": 8, "hidden": 16, "depth": 1,
            "num_heads": 2}
-    trainer = Trainer(shapes_config(network=dit), tmp_path / "dit", dataset=data, progress=False)
-    assert trainer.config.network["kind"] == "text" and trainer.config.network["denoiser"]["kind"] == "dit"
-    assert trainer.config.network["vocab_size"] == 17
-    trainer.fit()
+    engine = Engine(shapes_config(network=dit), tmp_path / "dit", dataset=data, progress=False)
+    network = engine.config.task.network
+    assert network["kind"] == "text" and network["denoiser"]["kind"] == "dit" and network["vocab_size"] == 17
+    engine.fit()
     partial = {"kind": "text", "denoiser": {**UNET, "channels": 8}, "width": 16, "layers": 1}
-    trainer = Trainer(shapes_config(network=partial), tmp_path / "unet", dataset=data, progress=False)
-    assert trainer.config.network["max_length"] == trainer.tokens.shape[1]
+    engine = Engine(shapes_config(network=partial), tmp_path / "unet", dataset=data, progress=False)
+    assert engine.config.task.network["max_length"] == engine.examples.columns["tokens"].shape[1]
     with pytest.raises(ValueError, match="vocab_size 5"):
-        Trainer(shapes_config(network={**partial, "vocab_size": 5}), tmp_path / "bad", dataset=data, progress=False)
+        Engine(shapes_config(network={**partial, "vocab_size": 5}), tmp_path / "bad", dataset=data, progress=False)
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.5])
 def test_the_text_encoder_learns_at_its_own_rate_and_at_zero_stays_as_initialised(tmp_path, scale):
     data = load_dataset("shapes", "train", n=64)
-    trainer = Trainer(shapes_config(text_lr_scale=scale, steps=3, checkpoint_every=3), tmp_path, dataset=data,
-                      progress=False)
-    encoder = {k: v.clone() for k, v in trainer.model.net.text.state_dict().items()}
-    image = {k: v.clone() for k, v in trainer.model.net.denoiser.state_dict().items()}
-    trainer.fit()
+    engine = Engine(shapes_config(text_lr_scale=scale, steps=3, checkpoint_every=3), tmp_path, dataset=data,
+                    progress=False)
+    encoder = {k: v.clone() for k, v in engine.model.net.text.state_dict().items()}
+    image = {k: v.clone() for k, v in engine.model.net.denoiser.state_dict().items()}
+    engine.fit()
     moved = lambda before, module: any(not torch.equal(v, module.state_dict()[k]) for k, v in before.items())  # noqa: E731
-    assert moved(image, trainer.model.net.denoiser)
-    assert moved(encoder, trainer.model.net.text) == (scale > 0)
+    assert moved(image, engine.model.net.denoiser)
+    assert moved(encoder, engine.model.net.text) == (scale > 0)
     if scale:
-        lrs = [group["lr"] for group in trainer.optimizer.param_groups]
+        lrs = [group["lr"] for group in engine.optimizer.param_groups]
         assert lrs[1] == pytest.approx(scale * lrs[0]) and lrs[0] > 0
     # the choice is stored with the run, and a resumed run keeps it
-    resumed = Trainer(shapes_config(steps=4, checkpoint_every=4), tmp_path, resume=True, dataset=data, progress=False)
-    assert resumed.config.text_lr_scale == scale
+    resumed = Engine(shapes_config(text_lr_scale=scale, steps=4, checkpoint_every=4), tmp_path, resume=True,
+                     dataset=data, progress=False)
+    assert resumed.config.task.text_lr_scale == scale
     assert [g.get("lr_scale", 1.0) for g in resumed.optimizer.param_groups] == [1.0] + ([scale] if scale else [])
     resumed.fit()
     assert moved(encoder, resumed.model.net.text) == (scale > 0)
+    with pytest.raises(ValueError, match="keeps its task, data and seed.*task.text_lr_scale"):
+        Engine(shapes_config(text_lr_scale=scale + 0.25, steps=5), tmp_path, resume=True, dataset=data, progress=False)
 
 
 def test_text_lr_scale_is_checked():
-    with pytest.raises(ValueError, match="text_lr_scale must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"text_lr_scale must be a finite number in \[0, inf\]"):
         shapes_config(text_lr_scale=-1.0)
     with pytest.raises(ValueError, match="text_lr_scale applies to a text encoder"):
-        TrainConfig(data="digits", cond="class", text_lr_scale=0.0)
+        run_config(data="digits", cond="class", text_lr_scale=0.0)
 
 
 def test_prompts_condition_sampling_and_guidance_uses_the_null_text(tmp_path):
-    import dataclasses
-
-    from diffuse.training import generate, load_model
-
     data = load_dataset("shapes", "train", n=64)
-    Trainer(shapes_config(), tmp_path, dataset=data, progress=False).fit()
-    model, config, stored = load_model(tmp_path)
-    perturbed(model.net)  # live cross-attention, so the text matters
-    tokenizer = WordTokenizer.from_dict(stored["tokenizer"])
-    tokens = tokenizer.encode(["a red circle", "a blue square left of a green triangle"], max_length=10)
-    draw = lambda **kw: generate(model, config, (3, 32, 32), 2, steps=2, **kw)  # noqa: E731
+    Engine(shapes_config(), tmp_path, dataset=data, progress=False).fit()
+    pipeline = diffuse.load(tmp_path)
+    perturbed(pipeline.model.net)  # live cross-attention, so the text matters
+    tokens = pipeline.tokenizer.encode(["a red circle", "a blue square left of a green triangle"], max_length=10)
+    draw = lambda **kw: pipeline.sample(2, steps=2, **kw)  # noqa: E731
     plain, guided = draw(tokens=tokens), draw(tokens=tokens, guidance=3.0)
     null, unconditional = draw(tokens=torch.zeros_like(tokens)), draw()
     assert plain.shape == (2, 3, 32, 32) and torch.isfinite(guided).all()
     torch.testing.assert_close(null, unconditional)          # the null text is the unconditional model
     torch.testing.assert_close(draw(tokens=tokens, guidance=0.0), plain)
     assert (plain - null).abs().amax() > 1e-3 and (guided - plain).abs().amax() > 1e-3
-    with pytest.raises(ValueError, match="not trained on text"):
-        generate(model, dataclasses.replace(config, cond="none"), (3, 32, 32), 2, tokens=tokens)
+    torch.testing.assert_close(draw(prompt=["a red circle", "a blue square left of a green triangle"]), plain)
     with pytest.raises(ValueError, match=r"tokens must be \[n=3"):
-        generate(model, config, (3, 32, 32), 3, tokens=tokens)
+        pipeline.sample(3, tokens=tokens)
+    digits = Engine(run_config(data="digits", network={**UNET, "in_channels": 1}, steps=1, grid_size=1,
+                               sample_steps=1, batch_size=8), tmp_path / "digits", progress=False)
+    with pytest.raises(ValueError, match="not trained on text"):
+        digits.task.pipeline(digits.model).sample(2, tokens=tokens)
 
 
 def test_cli_trains_on_captions_and_samples_a_prompt(tmp_path):
@@ -265,7 +280,7 @@ def test_cli_trains_on_captions_and_samples_a_prompt(tmp_path):
     assert main(["train", "--data", "shapes", "--cond", "text", "--network", json.dumps(dit), "--out", str(run),
                  "--steps", "2", "--batch-size", "8", "--checkpoint-every", "2", "--sample-steps", "2",
                  "--warmup-steps", "1", "--text-lr-scale", "0.25", "--quiet"]) == 0
-    assert json.loads((latest_checkpoint(run) / "config.json").read_text())["train"]["text_lr_scale"] == 0.25
+    assert json.loads((latest_checkpoint(run) / "config.json").read_text())["run"]["task"]["text_lr_scale"] == 0.25
     out = tmp_path / "red.png"
     assert main(["sample", str(run), "--prompt", "a red circle above a blue square", "--prompt", "a green triangle",
                  "--guidance", "2", "--n", "4", "--steps", "2", "--out", str(out)]) == 0
@@ -298,13 +313,20 @@ class RenderingDenoiser(torch.nn.Module):
         return render(captions).to(x)
 
 
+def text_pipeline(model, tokenizer, **kw):
+    """A text model behind the sampling pipeline of a shapes run."""
+    from diffuse.conditions import text_tokens
+    from diffuse.pipeline import Pipeline
+
+    return Pipeline(model, load_dataset("shapes", "test", n=1).info(), (text_tokens(),), tokenizer=tokenizer, **kw)
+
+
 def test_exact_caption_accuracy_reads_samples_back_against_their_captions():
-    from diffuse.training import exact_caption_accuracy
+    from diffuse.data.shapes.scoring import exact_caption_accuracy
 
     captions = load_dataset("shapes", "heldout", n=24).captions
     tokenizer = WordTokenizer.fit(load_dataset("shapes", "train", n=500).captions)
-    config = TrainConfig(data="shapes", cond="text")
-    score = lambda model: exact_caption_accuracy(model, config, tokenizer, captions, (3, 32, 32), steps=4)  # noqa: E731
+    score = lambda model: exact_caption_accuracy(text_pipeline(model, tokenizer), captions, steps=4)  # noqa: E731
     assert score(RenderingDenoiser(tokenizer)) == 1.0
     one_picture = score(RenderingDenoiser(tokenizer, fixed=captions[0]))
     assert one_picture == sum(c == captions[0] for c in captions) / len(captions) < 0.5
@@ -315,7 +337,7 @@ def test_cli_eval_of_a_text_run_scores_seen_and_heldout_captions(tmp_path):
 
     from diffuse.cli import main
 
-    Trainer(shapes_config(), tmp_path / "run", dataset=load_dataset("shapes", "train", n=64), progress=False).fit()
+    Engine(shapes_config(data="shapes", options={"n": 64}), tmp_path / "run", progress=False).fit()
     out = tmp_path / "scores.json"
     assert main(["eval", str(tmp_path / "run"), "--n", "3", "--steps", "2", "--guidance", "1", "--out", str(out)]) == 0
     stored = json.loads(out.read_text())
@@ -333,9 +355,9 @@ def test_cli_eval_of_a_text_run_scores_seen_and_heldout_captions(tmp_path):
 
 def test_the_loss_rise_is_zero_for_a_bag_of_words_model_and_not_with_word_order():
     from diffuse.data.shapes import parse_caption
+    from diffuse.data.shapes.scoring import caption_loss_rise
     from diffuse.denoiser import Denoiser
     from diffuse.process import EDM
-    from diffuse.training import caption_loss_rise
 
     data = load_dataset("shapes", "heldout", n=6)  # two objects, colours and shapes mostly distinct
     tokenizer = WordTokenizer.fit(data.captions)
@@ -343,8 +365,8 @@ def test_the_loss_rise_is_zero_for_a_bag_of_words_model_and_not_with_word_order(
     net = perturbed(build_network(text_network(UNET, vocab_size=len(tokenizer), max_length=10, width=32,
                                                layers=1, num_heads=2)), scale=0.3).eval()
     model = Denoiser(net, EDM(), "x0", "edm")
-    config = TrainConfig(data="shapes", cond="text")
-    rise = lambda: caption_loss_rise(model, config, tokenizer, data.data, data.captions, repeats=2)  # noqa: E731
+    pipeline = text_pipeline(model, tokenizer, loss=run_config(data="shapes", cond="text").task.denoising_loss(EDM()))
+    rise = lambda: caption_loss_rise(pipeline, data.data, data.captions, repeats=2)  # noqa: E731
     with_order = rise()
     with torch.no_grad():
         net.text.position.zero_()  # the encoder now sees a set of words: any order reads the same
@@ -355,10 +377,10 @@ def test_the_loss_rise_is_zero_for_a_bag_of_words_model_and_not_with_word_order(
     assert abs(bag["relation"]) > 1e-4  # "left" and "right" are different words even in a bag
     # worded canonically, "A left of B" reversed is "B left of A": the same words again
     worded = [str(parse_caption(c).canonical()) for c in data.captions]
-    canonical = caption_loss_rise(model, config, tokenizer, data.data, worded, repeats=2, canonical_wording=True)
+    canonical = caption_loss_rise(pipeline, data.data, worded, repeats=2, canonical_wording=True)
     assert abs(canonical["relation"]) < 1e-6
     assert abs(bag["null"]) > 1e-4
     # an alteration that keeps the picture is left out; with none left there is no share
     red = ["a red circle above a red square", "a red square left of a red triangle"]
-    same = caption_loss_rise(model, config, tokenizer, data.data[:2], red, repeats=1)
+    same = caption_loss_rise(pipeline, data.data[:2], red, repeats=1)
     assert same["colours"] is None and same["shapes"] is not None

@@ -2,7 +2,7 @@
 x_t = alpha(t) x0 + sigma(t) eps.
 
 The core (processes, parameterisations, losses, samplers) is imported eagerly and is light;
-networks, data, training and the CLI load on first use.
+networks, data, training, loading (`diffuse.load(run)`) and the CLI load on first use.
 """
 
 from importlib import import_module
@@ -17,12 +17,19 @@ from .samplers import sample
 
 __version__ = "0.1.0"
 
-_LAZY = ("models", "data", "training", "metrics", "cli", "checkpoint", "text")
+_LAZY = ("models", "data", "training", "metrics", "cli", "checkpoint", "text", "pipeline", "recipes", "runs",
+         "latent", "plotting", "conditions", "configs")
+# Names of the outer layers, loaded on first use: {name: module}
+_LAZY_NAMES = {"load": "runs", "load_classifier": "runs", "load_autoencoder": "runs", "Pipeline": "pipeline",
+               "recipe": "recipes", "train": "training", "Engine": "training", "RunConfig": "training",
+               "TrainConfig": "training", "DiffusionTaskConfig": "training", "DataConfig": "data"}
 
 
 def __getattr__(name):
     if name in _LAZY:
         return import_module(f".{name}", __name__)
+    if name in _LAZY_NAMES:
+        return getattr(import_module(f".{_LAZY_NAMES[name]}", __name__), name)
     raise AttributeError(f"module 'diffuse' has no attribute {name!r}")
 
 

@@ -3,10 +3,12 @@
 A run directory holds numbered checkpoint folders and a pointer to the newest complete one:
 
     RUN/checkpoints/step-00001000/
-        config.json          everything needed to rebuild the model (network, process, ...)
+        config.json          {"kind": the task, "run": the run's config, "data": its DataInfo,
+                              "state": what the task stores (tokenizer, latent scale, ...),
+                              "history": the changes made to the config on resume}
         model.safetensors    the trained weights
-        ema.safetensors      their exponential moving average (what sampling uses)
-        trainer.safetensors  optimizer moments and random-number-generator states
+        ema.safetensors      their exponential moving average (what sampling uses), if kept
+        trainer.safetensors  optimizer moments
         trainer.json         step, optimizer hyper-parameters, elapsed time
     RUN/checkpoints/latest   the name of the newest complete checkpoint folder
 
@@ -20,31 +22,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .files import fsync_dir as _fsync_dir
+from .files import write_text_atomic
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+_STEP_NAME = re.compile(r"step-\d{8}")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, corrupt or not in our format."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -58,19 +55,6 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace a small file in one step: write a sibling temporary file, then rename over."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.chmod(tmp, 0o644)  # mkstemp makes the file private; a pointer file is ordinary data
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def save_checkpoint(run_dir, step: int, config: dict, tensors: dict[str, dict[str, torch.Tensor]],
@@ -124,14 +108,24 @@ def latest_checkpoint(path) -> Path:
         return path
     root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
     pointer = root / LATEST
+    # Every step-* folder is complete: it was renamed into place whole. A kill between that rename
+    # and the pointer's (the first checkpoint's, or a same-step re-save's) leaves the pointer
+    # missing or dangling; the newest complete folder is then the run's last checkpoint.
+    complete = sorted(p for p in root.glob("step-*") if p.is_dir() and _STEP_NAME.fullmatch(p.name)) \
+        if root.is_dir() else []
     if not pointer.is_file():
+        if complete:
+            return complete[-1]
         raise CheckpointError(f"no checkpoint found in {path} (expected {pointer})")
-    folder = root / pointer.read_text().strip()
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{pointer} cannot be read: {e}") from None
+    if not _STEP_NAME.fullmatch(name):  # a pointer names a folder beside it, never a path elsewhere
+        raise CheckpointError(f"{pointer} should name a checkpoint folder like step-00001000, not {name[:60]!r}")
+    folder = root / name
     if folder.is_dir():
         return folder
-    # Only a kill between the two renames of a same-step re-save can leave the pointer dangling;
-    # every step-* folder is complete (it was renamed into place whole), so take the newest.
-    complete = sorted(p for p in root.glob("step-*") if p.is_dir())
     if not complete:
         raise CheckpointError(f"{pointer} names {folder.name}, which does not exist")
     return complete[-1]
@@ -158,13 +152,41 @@ def load_tensors(path) -> dict[str, torch.Tensor]:
 
 
 def load_json(path) -> dict:
+    """A checkpoint's JSON object, or a CheckpointError naming the file."""
+    from .configs import ConfigError, read_json
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"missing checkpoint file {path}")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+        return read_json(path)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """What a checkpoint's config.json says (see the module docstring)."""
+
+    folder: Path
+    kind: str
+    config: dict
+    data: dict
+    state: dict
+    history: list
+
+
+def read_run(path) -> StoredRun:
+    """The newest checkpoint of a run (or a given checkpoint folder) and its config.json, checked
+    for the sections every run has."""
+    folder = latest_checkpoint(path)
+    file = folder / "config.json"
+    stored = load_json(file)
+    expected = {"kind": str, "run": dict, "data": dict, "state": dict, "history": list}
+    for key, kind in expected.items():
+        if not isinstance(stored.get(key), kind):
+            raise CheckpointError(f"{file} is not a run's config: {key!r} must be a {kind.__name__}, "
+                                  f"got {type(stored.get(key)).__name__}")
+    return StoredRun(folder, stored["kind"], stored["run"], stored["data"], stored["state"], stored["history"])
 
 
 # -- optimizer state <-> flat tensors + JSON -----------------------------------------------------

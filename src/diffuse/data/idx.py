@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import Dataset, labels_tensor, pixels_to_signed
+from .dataset import TensorDataset, labels_tensor, pixels_to_signed
 
 IMAGES_MAGIC = 0x00000803  # uint8, 3 dims: [N, H, W]
 LABELS_MAGIC = 0x00000801  # uint8, 1 dim: [N]
@@ -59,7 +59,7 @@ def load_idx(
     images_path: str | Path,
     labels_path: str | Path | None = None,
     class_names: list[str] | None = None,
-) -> Dataset:
+) -> TensorDataset:
     """IDX images (and optional labels) as [N, 1, H, W] in [-1, 1].
 
     Without ``class_names``, labelled sets get the label values as names ("0".."max").
@@ -68,7 +68,7 @@ def load_idx(
     data = pixels_to_signed(images[:, None], 255)
     name = f"idx:{Path(images_path).name}"
     if labels_path is None:
-        return Dataset(data, None, None, name)
+        return TensorDataset(data, None, None, name, modality="image")
     labels = read_idx(labels_path, LABELS_MAGIC)
     if len(labels) != len(images):
         raise ValueError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}")
@@ -76,4 +76,4 @@ def load_idx(
         class_names = [str(c) for c in range(int(labels.max(initial=0)) + 1)]
     elif labels.size and labels.max() >= len(class_names):
         raise ValueError(f"{labels_path}: label {labels.max()} but only {len(class_names)} class names")
-    return Dataset(data, labels_tensor(labels), class_names, name)
+    return TensorDataset(data, labels_tensor(labels), class_names, name, modality="image")

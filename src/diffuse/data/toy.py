@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .dataset import Dataset
+from .dataset import TensorDataset
 
 RING_MODES = 8
 RING_RADIUS = math.sqrt(2)  # a point on this circle has variance 1 per coordinate
@@ -66,7 +66,7 @@ TOYS = {
 }
 
 
-def load_toy(name: str, n: int = 10_000, seed: int = 0) -> Dataset:
+def load_toy(name: str, n: int = 10_000, seed: int = 0) -> TensorDataset:
     """``n`` points [n, 2] of a toy distribution; "ring" is labelled by its mode index."""
     if name not in TOYS:
         raise ValueError(f"unknown toy data set {name!r}; choose from {sorted(TOYS)}")
@@ -75,4 +75,4 @@ def load_toy(name: str, n: int = 10_000, seed: int = 0) -> Dataset:
     gen = torch.Generator().manual_seed(seed)
     points, labels = TOYS[name](n, gen)
     class_names = [f"mode {k}" for k in range(RING_MODES)] if labels is not None else None
-    return Dataset(points.float(), labels, class_names, name)
+    return TensorDataset(points.float(), labels, class_names, name, modality="vector")

@@ -94,6 +94,24 @@ class AutoencoderConfig:
     def level_widths(self) -> list[int]:
         return [self.channels * m for m in self.channel_mults]
 
+    def latent_shape(self, image_shape) -> tuple[int, int, int]:
+        """(latent_channels, H/f, W/f) for images of shape (C, H, W); raises if f does not divide."""
+        image_shape = tuple(image_shape)
+        if len(image_shape) != 3:
+            raise ValueError(f"the autoencoder takes images (C, H, W), not data of shape {image_shape}")
+        channels, height, width = image_shape
+        if channels != self.in_channels:
+            raise ValueError(f"the autoencoder takes {self.in_channels}-channel images, "
+                             f"got {channels} channels (shape {image_shape})")
+        f = self.factor
+        if height % f or width % f:
+            fits = [2 ** k for k in range(5) if height % 2 ** k == 0 and width % 2 ** k == 0]
+            raise ValueError(
+                f"{height}x{width} images are not divisible by the autoencoder's downsampling factor "
+                f"{f}; images of this size take factors {fits} (we do not pad: see "
+                f"diffuse.models.autoencoder)")
+        return self.latent_channels, height // f, width // f
+
     def to_dict(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
         # Lists, not tuples, so the dict equals what json.loads gives back.
@@ -201,21 +219,7 @@ class AutoencoderKL(nn.Module):
 
     def latent_shape(self, image_shape) -> tuple[int, int, int]:
         """(latent_channels, H/f, W/f) for images of shape (C, H, W); raises if f does not divide."""
-        image_shape = tuple(image_shape)
-        if len(image_shape) != 3:
-            raise ValueError(f"the autoencoder takes images (C, H, W), not data of shape {image_shape}")
-        channels, height, width = image_shape
-        if channels != self.config.in_channels:
-            raise ValueError(f"the autoencoder takes {self.config.in_channels}-channel images, "
-                             f"got {channels} channels (shape {image_shape})")
-        f = self.factor
-        if height % f or width % f:
-            fits = [2 ** k for k in range(5) if height % 2 ** k == 0 and width % 2 ** k == 0]
-            raise ValueError(
-                f"{height}x{width} images are not divisible by the autoencoder's downsampling factor "
-                f"{f}; images of this size take factors {fits} (we do not pad: see "
-                f"diffuse.models.autoencoder)")
-        return self.config.latent_channels, height // f, width // f
+        return self.config.latent_shape(image_shape)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The posterior q(z | x) as (mean, logvar), each [B, latent_channels, H/f, W/f]."""

@@ -130,11 +130,13 @@ class MLPClassifier(nn.Module):
         return self.head(self.output_norm(h))
 
 
-def default_classifier(shape: tuple[int, ...], num_classes: int) -> dict:
-    """A classifier sized for the data, the counterpart of ``default_network``: the encoder half
-    of the default U-Net for images, a residual MLP for vectors."""
-    if len(shape) == 1:
+def default_classifier(modality: str, shape: tuple[int, ...], num_classes: int) -> dict:
+    """A classifier sized for the data, the counterpart of the diffusion task's default network:
+    the encoder half of the default U-Net for images, a residual MLP for vectors."""
+    if modality == "vector":
         return {"kind": "mlp_classifier", "dim": shape[0], "num_classes": num_classes}
+    if modality != "image":
+        raise ValueError(f"no default classifier for {modality} data; give one (--network)")
     channels, height, width = shape
     mults = [1, 2] if min(height, width) <= 16 else [1, 2, 2]
     while len(mults) > 1 and (height % 2 ** (len(mults) - 1) or width % 2 ** (len(mults) - 1)):

@@ -1,17 +1,16 @@
-"""Training: configuration, the trainer (EMA, checkpoints, resume, DDP) and loading for sampling;
-the autoencoder of latent diffusion and its trainer; the noise-aware classifier of classifier
-guidance and its trainer."""
+"""Training: one engine (engine.py) for every run, the task contract it trains through (task.py),
+the run's configuration (config.py), and the built-in tasks (tasks/): diffusion, the autoencoder
+of latent diffusion, the noise-aware classifier of classifier guidance, and the feature network
+of the metrics."""
 
-from .autoencoder import (AutoencoderTrainConfig, AutoencoderTrainer, LatentCodec, load_autoencoder,
-                          open_autoencoder, train_autoencoder)
-from .classifier import ClassifierTrainConfig, ClassifierTrainer, load_classifier, train_classifier
-from .config import TrainConfig, default_network
-from .sampling import caption_loss_rise, exact_caption_accuracy, generate, sample_caption_errors
-from .loop import NonFiniteLossError
-from .trainer import Trainer, build_model, load_model, train
+from .config import RunConfig, TaskConfig, TrainConfig
+from .engine import Engine, NonFiniteLossError, StepBatches, learning_rate, prepare, read_metrics, resolve, train
+from .folder import RunFolderError
+from .task import TASKS, Task, register, task_class
+from .tasks import (AutoencoderTask, AutoencoderTaskConfig, ClassifierTask, ClassifierTaskConfig, DiffusionTask,
+                    DiffusionTaskConfig, FeatureTask, FeatureTaskConfig, default_network, network_for_shape)
 
-__all__ = ["TrainConfig", "default_network", "Trainer", "train", "build_model", "load_model",
-           "generate", "exact_caption_accuracy", "sample_caption_errors", "caption_loss_rise", "NonFiniteLossError",
-           "AutoencoderTrainConfig", "AutoencoderTrainer",
-           "train_autoencoder", "load_autoencoder", "open_autoencoder", "LatentCodec",
-           "ClassifierTrainConfig", "ClassifierTrainer", "train_classifier", "load_classifier"]
+__all__ = ["RunConfig", "TaskConfig", "TrainConfig", "Engine", "NonFiniteLossError", "StepBatches", "learning_rate",
+           "read_metrics", "prepare", "resolve", "train", "RunFolderError", "TASKS", "Task", "register", "task_class", "AutoencoderTask",
+           "AutoencoderTaskConfig", "ClassifierTask", "ClassifierTaskConfig", "DiffusionTask", "DiffusionTaskConfig",
+           "FeatureTask", "FeatureTaskConfig", "default_network", "network_for_shape"]

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .shapes import COLOURS, SHAPES, Caption, Item, coverage, parse_caption
+from .dataset import COLOURS, SHAPES, Caption, Item, coverage, parse_caption
 
 FOREGROUND = 0.5  # brightest channel, in [0, 1] units
 MIN_AREA = 16  # pixels; the smallest rendered object (a 10 px triangle) covers about 50

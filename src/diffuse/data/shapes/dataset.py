@@ -21,7 +21,7 @@ out together with that mirror: no held-out scene reaches training under other wo
 Images are float32 [N, 3, 32, 32] in [-1, 1] on a black (-1) background, drawn with
 anti-aliased edges from signed distances, so they need no drawing library. Everything
 comes from numpy's legacy ``RandomState`` (a stream numpy promises never to change) and
-float64 arithmetic, so a split is the same on every machine. ``shapes_detector.py``
+float64 arithmetic, so a split is the same on every machine. ``detector.py``
 reads images back into captions.
 """
 
@@ -35,8 +35,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .dataset import Dataset
-from .splits import HELDOUT, check_split
+from ..dataset import TensorDataset
+from ..splits import HELDOUT, check_split
 
 IMAGE_SIZE = 32
 
@@ -304,7 +304,7 @@ def sample_captions(split: str, n: int, rng: np.random.RandomState) -> list[Capt
     return [singles[s] if o else pairs[p] for o, s, p in zip(one, pick_single, pick_pair)]
 
 
-def load_shapes(split: str = "train", n: int | None = None, seed: int = 0) -> Dataset:
+def load_shapes(split: str = "train", n: int | None = None, seed: int = 0) -> TensorDataset:
     """The shapes data set (see the module docstring): images, no labels, captions.
 
     ``n`` defaults to 20000 for "train" and 1000 for "test" and "heldout"; ``seed``
@@ -317,4 +317,4 @@ def load_shapes(split: str = "train", n: int | None = None, seed: int = 0) -> Da
     rng = np.random.RandomState([seed, STREAMS[split]])
     captions = sample_captions(split, n, rng)
     images = render(captions, seed=int(rng.randint(2**31)))
-    return Dataset(images, None, None, f"shapes-{split}", [str(c) for c in captions])
+    return TensorDataset(images, None, None, f"shapes-{split}", [str(c) for c in captions], modality="image")

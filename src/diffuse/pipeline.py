@@ -1,0 +1,228 @@
+"""A trained diffusion model with everything sampling it needs, behind one `.sample()`.
+
+`Pipeline` holds the model (any `model(x, t, **cond)` with a declared prediction and `.process`),
+what its samples are (DataInfo: modality and shape), the conditions it takes (class labels, text
+tokens: `diffuse.conditions`), the sampling defaults of its run, and for a text model its
+tokenizer, for a latent model the codec that decodes its samples. `diffuse.load(run)` gives one
+for a run folder; a training task builds one around its EMA for the pictures of each checkpoint,
+so what training previews is what `diffuse sample` draws.
+
+Sample k of a call depends only on (seed, k): its starting noise and every later random draw
+come from its own generator (`diffuse.samplers.Generators`), never from its batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from .conditions import Condition, nulls
+from .data import DataInfo
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance
+from .samplers import Generators, sample
+
+
+class NonFiniteSampleError(ValueError):
+    """Sampling produced NaN or infinity; nothing was written."""
+
+
+def finite_number(name: str, value, low: float = -math.inf, high: float = math.inf) -> float:
+    """`value` as a float if it is a finite number in [low, high], else a ValueError saying so."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or not low <= value <= high:
+        interval = f"[{low:g}, {high:g}]" if math.isfinite(low) or math.isfinite(high) else "a finite number"
+        raise ValueError(f"{name} must be a finite number{' in ' + interval if '[' in interval else ''}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+def positive_integer(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class Pipeline:
+    def __init__(self, model, info: DataInfo, conditions: Sequence[Condition] = (), *, sampler: str = "heun",
+                 steps: int = 18, schedule="auto", tokenizer=None, codec=None, loss=None, config=None):
+        self.model, self.info, self.conditions = model, info, tuple(conditions)
+        self.sampler, self.steps, self.schedule = sampler, steps, schedule
+        self.tokenizer, self.codec, self.loss, self.config = tokenizer, codec, loss, config
+
+    @property
+    def process(self):
+        return self.model.process
+
+    @property
+    def prediction(self) -> str:
+        return self.model.prediction
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one sample as returned (an image's, also for a latent model)."""
+        return tuple(self.info.shape)
+
+    @property
+    def draw_shape(self) -> tuple[int, ...]:
+        """The shape the sampler draws: the latents' for a latent model."""
+        return self.shape if self.codec is None else tuple(self.codec.latent_shape(self.shape))
+
+    def condition(self, argument: str) -> Condition | None:
+        return next((c for c in self.conditions if c.argument == argument), None)
+
+    @property
+    def num_classes(self) -> int | None:
+        labels = self.condition("labels")
+        return None if labels is None else int(labels.null)
+
+    def prompt_tokens(self, prompts: Sequence[str], n: int) -> tuple[torch.Tensor, list[str]]:
+        """([n, L] token ids, the prompts cycled over the samples; the words the tokenizer has
+        never seen, which it reads as unknown)."""
+        if self.condition("tokens") is None or self.tokenizer is None:
+            raise ValueError("this model was not trained on text; it takes no prompt")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        unknown = sorted({w for p in prompts for w, i in zip(_words(p), self.tokenizer.token_ids(p))
+                          if i == self.tokenizer.unk_id})
+        encoded = self.tokenizer.encode(list(prompts), max_length=self.model.net.config.max_length)
+        return encoded[torch.arange(n) % len(prompts)], unknown
+
+    @torch.no_grad()
+    def sample(self, n: int, *, labels=None, prompt: str | Sequence[str] | None = None,
+               tokens: torch.Tensor | None = None, guidance: float = 0.0, classifier=None,
+               classifier_scale: float = 1.0, sampler: str | None = None, steps: int | None = None,
+               schedule=None, seed: int = 0, batch_size: int = 500, device=None,
+               callback: Callable | None = None, **options) -> torch.Tensor:
+        """n samples [n, *shape] in the data's range, sample k a function of (seed, k) alone.
+
+        labels     [n] class labels (a class model, or the target of classifier guidance)
+        prompt     a text model's prompt(s), cycled over the samples; or `tokens` [n, L] directly
+        guidance   w of classifier-free guidance against the null condition (0: none)
+        classifier a noise-aware classifier(x, t) -> logits on the model's process (`diffuse.load_classifier`),
+                   adding classifier guidance of `classifier_scale` towards `labels`; with both,
+                   classifier-free guidance is the inner wrapper and classifier guidance the outer
+        sampler, steps, schedule   default to the run's; `options` go to the sampler
+        callback   called after every model evaluation with {"i", "t", "x", "denoised", "batch"}
+        """
+        n, batch_size = positive_integer("n", n), positive_integer("batch_size", batch_size)
+        guidance = finite_number("guidance", guidance, 0.0)
+        classifier_scale = finite_number("classifier_scale", classifier_scale, 0.0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        steps = self.steps if steps is None else positive_integer("steps", steps)
+        if prompt is not None:
+            if tokens is not None:
+                raise ValueError("give a prompt or tokens, not both")
+            tokens = self.prompt_tokens(prompt, n)[0]
+        cond = self._cond(n, labels, tokens, classifier)
+        if guidance and labels is None and tokens is None:
+            raise ValueError("guidance needs labels or a prompt")
+        if classifier is not None:
+            if "labels" not in cond and labels is None:
+                raise ValueError("classifier guidance needs labels")
+            check_classifier(classifier, self)
+        wrapped = self.model
+        if guidance:
+            used = [c for c in self.conditions if c.argument in cond]
+            if not used:
+                raise ValueError("classifier-free guidance (--guidance) needs a class-conditional model or a text model")
+            wrapped = ClassifierFreeGuidance(self.model, guidance, null=nulls(used))
+        target = None
+        if classifier is not None:
+            target = torch.as_tensor(labels).reshape(-1)
+            wrapped = ClassifierGuidance(wrapped, classifier, self.process, classifier_scale,
+                                         prediction=self.prediction, conditional_model="labels" in cond)
+        modules = [m for m in (self.model, classifier) if isinstance(m, torch.nn.Module)]
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        if device is None:
+            device = next((p.device for p in getattr(self.model, "parameters", lambda: iter(()))()), torch.device("cpu"))
+        out = []
+        try:
+            for start in range(0, n, batch_size):
+                count = min(batch_size, n - start)
+                generators = Generators.seeded(seed, start, count)
+                noise = generators.randn(self.draw_shape).to(device)
+                part = {k: v[start:start + count].to(device) for k, v in cond.items()}
+                if target is not None and "labels" not in part:
+                    part = {**part, "labels": target[start:start + count].to(device)}
+                report = None if callback is None else (lambda info, s=start: callback({**info, "batch": s}))
+                drawn = sample(wrapped, self.process, noise, sampler=sampler or self.sampler, steps=steps,
+                               prediction=self.prediction, schedule=schedule or self.schedule, cond=part,
+                               generator=generators, callback=report, **options)
+                out.append(drawn.cpu() if self.codec is None else self.codec.decode(drawn).cpu())
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
+        images = torch.cat(out)
+        if not torch.isfinite(images).all():
+            raise NonFiniteSampleError(self._non_finite_cause(images, sampler or self.sampler, guidance))
+        return images
+
+    def _cond(self, n: int, labels, tokens, classifier) -> dict:
+        """The model's own condition entries for n samples, checked."""
+        cond = {}
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+            if len(labels) != n:
+                raise ValueError(f"{len(labels)} labels for n={n} samples")
+            classes = self.num_classes if self.num_classes is not None else getattr(classifier, "num_classes", None)
+            if self.num_classes is None and classifier is None:
+                raise ValueError("this model is unconditional; it takes no labels (unless a classifier guides it)")
+            if classes is not None and ((labels < 0) | (labels >= classes)).any():
+                raise ValueError(f"labels must lie in 0..{classes - 1}")
+            if self.num_classes is not None:
+                cond["labels"] = labels
+        if tokens is not None:
+            if self.condition("tokens") is None:
+                raise ValueError("this model was not trained on text; it takes no prompt")
+            if tokens.ndim != 2 or len(tokens) != n:
+                raise ValueError(f"tokens must be [n={n}, L], got {tuple(tokens.shape)}")
+            cond["tokens"] = tokens
+        return cond
+
+    def _non_finite_cause(self, images: torch.Tensor, sampler: str, guidance: float) -> str:
+        share = float((~torch.isfinite(images)).flatten(1).any(1).double().mean())
+        parameters = list(getattr(self.model, "parameters", lambda: iter(()))())
+        if any(not torch.isfinite(p).all() for p in parameters):
+            cause = "the model's weights are not finite (a checkpoint kept after the training diverged?)"
+        elif any(p.dtype in (torch.float16, torch.bfloat16) for p in parameters):
+            cause = f"the model runs in {parameters[0].dtype}, too narrow for the sampler {sampler!r}; use float32"
+        elif guidance > 10:
+            cause = f"the guidance weight {guidance:g} is large enough to blow the samples up; try a smaller one"
+        else:
+            cause = f"the sampler {sampler!r} diverged with these settings; try another sampler or more steps"
+        return f"{100 * share:.0f}% of the samples are NaN or infinite: {cause}. Nothing was written."
+
+
+def _words(prompt: str) -> list[str]:
+    from .text import split_words
+    return split_words(prompt)
+
+
+def check_classifier(classifier, pipeline: Pipeline) -> None:
+    """Raise unless `classifier` can guide the pipeline's model: the same process (at a given t
+    another process has another noise level, so the classifier would read x_t at the wrong one),
+    the shape of the model's samples, and the model's classes when it has them."""
+    process = getattr(classifier, "process", None)
+    model_process = pipeline.process
+    if process is None:
+        raise ValueError("the classifier must declare the process it was trained on (.process); "
+                         "train one with `diffuse train --task classifier` and load it with load_classifier")
+    if process.config() != model_process.config():
+        raise ValueError(f"the classifier was trained on the process {process.config()}, but the model samples "
+                         f"{model_process.config()}; classifier guidance needs the model's own process "
+                         "(train the classifier with it: `diffuse train --task classifier --process ...`)")
+    if pipeline.codec is not None:
+        raise ValueError("classifier guidance of a latent model is not supported: the classifier reads images, "
+                         "the model samples latents")
+    shape = getattr(classifier, "shape", None)
+    if shape is not None and tuple(shape) != tuple(pipeline.draw_shape):
+        raise ValueError(f"the classifier was trained on data of shape {tuple(shape)}; this model samples "
+                         f"{tuple(pipeline.draw_shape)}")
+    num_classes = pipeline.num_classes
+    if num_classes is not None and getattr(classifier, "num_classes", num_classes) != num_classes:
+        raise ValueError(f"the classifier has {classifier.num_classes} classes, the model {num_classes}")
