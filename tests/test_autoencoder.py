@@ -201,8 +201,8 @@ def _diffusion_like(tmp_path):
     """A checkpoint folder whose config.json is a diffusion run's, not an autoencoder's."""
     folder = tmp_path / "ck"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"kind": "diffusion", "run": {}, "data": {}, "state": {},
-                                                    "history": []}))
+    stored = {"kind": "diffusion", "run": {"task": {"kind": "diffusion"}}, "data": {}, "state": {}, "history": []}
+    (folder / "config.json").write_text(json.dumps(stored))
     (folder / "trainer.json").write_text(json.dumps({"step": 1}))
     return folder
 

@@ -147,6 +147,39 @@ def test_train_on_an_image_folder(tmp_path):
     assert diffuse.load(tmp_path / "run").shape == (1, 8, 8)
 
 
+def test_a_folder_of_mixed_size_rgb_images_trains_with_size_crop_and_flip(tmp_path):
+    images = tmp_path / "photos"
+    rng = np.random.default_rng(1)
+    for k, (w, h) in enumerate([(40, 30), (50, 64), (32, 32), (33, 47), (80, 20), (36, 36)] * 2):
+        (images / ("cats" if k % 2 else "dogs")).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / ("cats" if k % 2 else "dogs")
+                                                                              / f"{k}.png")
+    network = {"kind": "unet", "channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_levels": [1]}
+    code, _, err = run_main(["train", "--data", f"folder:{images}", "--size", 32, "--center-crop", "--random-flip",
+                             "--cond", "class", "--network", json.dumps(network), "--out", tmp_path / "run", "--quiet",
+                             "--steps", 2, "--batch-size", 4, "--sample-steps", 2, "--grid-size", 4])
+    assert code == 0, err
+    pipeline = diffuse.load(tmp_path / "run")
+    assert pipeline.shape == (3, 32, 32) and pipeline.num_classes == 2
+    data = pipeline.config.data
+    assert (data.size, data.center_crop, data.random_flip) == (32, True, True)
+    assert pipeline.config.task.network["in_channels"] == 3
+
+
+def test_a_folder_run_records_its_data_with_an_absolute_path(tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    images.mkdir()
+    write_digit_folder(images)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(["train", "--data", "folder:images", "--out", "run", "--quiet", "--steps", 1,
+                             "--batch-size", 4, "--sample-steps", 2, "--network", unet_json(None)])
+    assert code == 0, err
+    monkeypatch.chdir("/")
+    pipeline = diffuse.load(tmp_path / "run")
+    assert pipeline.config.data.name == f"folder:{images.resolve()}"
+    assert len(diffuse.data.load_dataset(pipeline.config.data, "test")) == 1  # found from anywhere
+
+
 def test_a_corrupt_image_is_named_in_the_error(tmp_path):
     images = tmp_path / "images"
     images.mkdir()

@@ -186,6 +186,10 @@ def read_run(path) -> StoredRun:
         if not isinstance(stored.get(key), kind):
             raise CheckpointError(f"{file} is not a run's config: {key!r} must be a {kind.__name__}, "
                                   f"got {type(stored.get(key)).__name__}")
+    task = stored["run"].get("task")
+    if not isinstance(task, dict) or task.get("kind") != stored["kind"]:
+        raise CheckpointError(f"{file} is damaged: it says the run is a {stored['kind']!r} run, but its task is "
+                              f"{task.get('kind') if isinstance(task, dict) else task!r}")
     return StoredRun(folder, stored["kind"], stored["run"], stored["data"], stored["state"], stored["history"])
 
 

@@ -21,11 +21,7 @@ import torch
 from .conditions import Condition, nulls
 from .data import DataInfo
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
-from .samplers import Generators, sample
-
-
-class NonFiniteSampleError(ValueError):
-    """Sampling produced NaN or infinity; nothing was written."""
+from .samplers import Generators, NonFiniteSampleError, sample
 
 
 def finite_number(name: str, value, low: float = -math.inf, high: float = math.inf) -> float:
@@ -138,28 +134,34 @@ class Pipeline:
         modes = [m.training for m in modules]
         for m in modules:
             m.eval()
-        if device is None:
-            device = next((p.device for p in getattr(self.model, "parameters", lambda: iter(()))()), torch.device("cpu"))
+        parameter = next(iter(getattr(self.model, "parameters", lambda: iter(()))()), None)
+        device = device or (parameter.device if parameter is not None else torch.device("cpu"))
+        dtype = parameter.dtype if parameter is not None else torch.float32  # a half model samples in half
         out = []
         try:
             for start in range(0, n, batch_size):
                 count = min(batch_size, n - start)
                 generators = Generators.seeded(seed, start, count)
-                noise = generators.randn(self.draw_shape).to(device)
+                noise = generators.randn(self.draw_shape).to(device, dtype)
                 part = {k: v[start:start + count].to(device) for k, v in cond.items()}
                 if target is not None and "labels" not in part:
                     part = {**part, "labels": target[start:start + count].to(device)}
                 report = None if callback is None else (lambda info, s=start: callback({**info, "batch": s}))
-                drawn = sample(wrapped, self.process, noise, sampler=sampler or self.sampler, steps=steps,
-                               prediction=self.prediction, schedule=schedule or self.schedule, cond=part,
-                               generator=generators, callback=report, **options)
-                out.append(drawn.cpu() if self.codec is None else self.codec.decode(drawn).cpu())
+                try:
+                    drawn = sample(wrapped, self.process, noise, sampler=sampler or self.sampler, steps=steps,
+                                   prediction=self.prediction, schedule=schedule or self.schedule, cond=part,
+                                   generator=generators, callback=report, **options)
+                except NonFiniteSampleError as e:
+                    raise NonFiniteSampleError(self._non_finite_cause(e.share, sampler or self.sampler, guidance),
+                                               e.share) from None
+                out.append(drawn.float().cpu() if self.codec is None else self.codec.decode(drawn).cpu())
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
         images = torch.cat(out)
-        if not torch.isfinite(images).all():
-            raise NonFiniteSampleError(self._non_finite_cause(images, sampler or self.sampler, guidance))
+        if not torch.isfinite(images).all():  # the decoder's own output
+            share = float((~torch.isfinite(images)).flatten(1).any(1).double().mean())
+            raise NonFiniteSampleError(self._non_finite_cause(share, sampler or self.sampler, guidance), share)
         return images
 
     def _cond(self, n: int, labels, tokens, classifier) -> dict:
@@ -184,8 +186,9 @@ class Pipeline:
             cond["tokens"] = tokens
         return cond
 
-    def _non_finite_cause(self, images: torch.Tensor, sampler: str, guidance: float) -> str:
-        share = float((~torch.isfinite(images)).flatten(1).any(1).double().mean())
+    def _non_finite_cause(self, share: float, sampler: str, guidance: float) -> str:
+        """What went wrong, with the likeliest cause first: the model's weights, its precision, a
+        large guidance weight, else the sampler's settings."""
         parameters = list(getattr(self.model, "parameters", lambda: iter(()))())
         if any(not torch.isfinite(p).all() for p in parameters):
             cause = "the model's weights are not finite (a checkpoint kept after the training diverged?)"
@@ -213,8 +216,8 @@ def check_classifier(classifier, pipeline: Pipeline) -> None:
         raise ValueError("the classifier must declare the process it was trained on (.process); "
                          "train one with `diffuse train --task classifier` and load it with load_classifier")
     if process.config() != model_process.config():
-        raise ValueError(f"the classifier was trained on the process {process.config()}, but the model samples "
-                         f"{model_process.config()}; classifier guidance needs the model's own process "
+        raise ValueError(f"the classifier was trained on the process {process!r}, but the model samples "
+                         f"{model_process!r}; classifier guidance needs the model's own process "
                          "(train the classifier with it: `diffuse train --task classifier --process ...`)")
     if pipeline.codec is not None:
         raise ValueError("classifier guidance of a latent model is not supported: the classifier reads images, "

@@ -17,7 +17,9 @@ Conventions shared by all processes:
 
 from __future__ import annotations
 
+import inspect
 import math
+
 import torch
 
 _f64 = torch.float64
@@ -30,6 +32,12 @@ def _as_time(t) -> torch.Tensor:
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"time must be a real tensor, got dtype {t.dtype}")
     return t.to(_f64)
+
+
+def _short(value) -> str:
+    if isinstance(value, (list, tuple)) and len(value) > 4:
+        return f"[{len(value)} values, {min(value):.4g}..{max(value):.4g}]"
+    return repr(value)
 
 
 def expand(coefficient, x: torch.Tensor):
@@ -118,7 +126,9 @@ class GaussianPath:
         return self.add_noise(x0, t, noise), noise
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "kind")
+        """Short, whatever the process: error messages quote it (a discrete schedule's 1000 betas
+        would make a message of 22,000 characters)."""
+        fields = ", ".join(f"{k}={_short(v)}" for k, v in self.config().items() if k != "kind")
         return f"{type(self).__name__}({fields})"
 
     def config(self) -> dict:
@@ -398,14 +408,31 @@ class Flow(GaussianPath):
 
 
 def process_from_config(config: dict) -> GaussianPath:
-    """Rebuild a process from `process.config()` (as stored in checkpoints)."""
+    """Rebuild a process from `process.config()` (as stored in checkpoints); an unknown kind, an
+    unknown or missing option and a value of the wrong type are each a ValueError naming it."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a process config must be a JSON object with a \"kind\", got {config!r}"[:200])
     config = dict(config)
     kind = config.pop("kind", None)
     builders = {"vp": VP, "ve": VE, "edm": EDM, "flow": Flow,
                 "discrete_vp": DiscreteVP}
     if kind not in builders:
         raise ValueError(f"unknown process kind {kind!r}; expected one of {sorted(builders)}")
-    return builders[kind](**config)
+    parameters = inspect.signature(builders[kind]).parameters
+    unknown = sorted(set(config) - set(parameters))
+    missing = [n for n, p in parameters.items() if p.default is p.empty and n not in config]
+    if unknown or missing:
+        raise ValueError(f"the {kind!r} process takes {sorted(parameters) or 'no options'}; "
+                         + (f"unknown: {unknown}" if unknown else f"missing: {missing}"))
+    for name, value in config.items():
+        default = parameters[name].default
+        number = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if number and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise ValueError(f"the {kind!r} process's {name} must be a finite number, got {value!r}"[:200])
+    try:
+        return builders[kind](**config)
+    except (TypeError, RuntimeError) as e:
+        raise ValueError(f"the {kind!r} process cannot be built from {_short(config)}: {e}"[:300]) from None
 
 
 def get_process(name: str, **kwargs) -> GaussianPath:

@@ -53,7 +53,23 @@ class DataInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataInfo":
-        return cls(d["name"], d["modality"], tuple(d["shape"]), d["class_names"], tuple(d["fields"]), d["source"])
+        """The description a run stored, checked: a damaged one is a ValueError naming the field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"the data description must be a JSON object, got {type(d).__name__}")
+        missing = sorted({"name", "modality", "shape", "class_names", "fields", "source"} - set(d))
+        if missing:
+            raise ValueError(f"the data description lacks {missing}")
+        shape, names, fields = d["shape"], d["class_names"], d["fields"]
+        if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                                                  for s in shape):
+            raise ValueError(f"the data description's shape must be a list of positive integers, got {shape!r}")
+        if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"the data description's class_names must be a list of strings or null, got {names!r}")
+        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+            raise ValueError(f"the data description's fields must be a list of strings, got {fields!r}")
+        if not isinstance(d["source"], dict) or not isinstance(d["name"], str):
+            raise ValueError("the data description's name must be a string and its source an object")
+        return cls(d["name"], check_modality(d["modality"], d["name"]), tuple(shape), names, tuple(fields), d["source"])
 
 
 class Dataset(torch.utils.data.Dataset):

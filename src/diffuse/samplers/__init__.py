@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from typing import Callable
 
 import torch
@@ -77,6 +78,11 @@ class GridDenoiser:
         # the grid's own alpha and sigma (and derivatives, once, if needed) as Python numbers
         if prediction == "velocity":
             d_alpha, d_sigma = (d.tolist() for d in process.derivatives(grid.t))
+            infinite = [t for t, a, s in zip(grid.t.tolist(), d_alpha, d_sigma) if not math.isfinite(a + s)]
+            if infinite:  # e.g. a zero-terminal-SNR DDPM schedule at t = 1, where alpha ~ sqrt(1 - t)
+                raise ValueError(f"at t={infinite[0]} the path's velocity d x_t/dt is infinite, so a 'velocity' "
+                                 "prediction cannot be evaluated there; start below it (t_start, or an explicit "
+                                 "schedule) or use a v or x0 model")
         else:
             d_alpha = d_sigma = [float("nan")] * grid.steps
         columns = [grid.alpha[:-1].tolist(), grid.sigma[:-1].tolist(), d_alpha, d_sigma]
@@ -187,8 +193,22 @@ def sample(model, process: GaussianPath, noise: torch.Tensor | None = None, samp
     x = noise * process.prior_std if x_start is None else x_start
     with torch.no_grad():
         x = denoise.begin(fn(denoise, x, grid, generator, **options), grid.steps)
+    if not torch.isfinite(x).all():
+        share = float((~torch.isfinite(x)).flatten(1).any(1).double().mean())
+        narrow = f" in {x.dtype}, too narrow for it (use float32)" if x.dtype in (torch.float16, torch.bfloat16) else ""
+        raise NonFiniteSampleError(f"{100 * share:.0f}% of the samples of {sampler!r} are NaN or infinite{narrow}; "
+                                   "a model whose weights are not finite, or a guidance weight that blows the "
+                                   "samples up, does this too", share)
     return (x, denoise.calls) if return_nfe else x
 
 
-__all__ = ["available", "get", "sample", "Grid", "GridDenoiser", "Generators", "SCHEDULES",
+class NonFiniteSampleError(ValueError):
+    """Sampling produced NaN or infinity (the samples are not returned); `share` of them."""
+
+    def __init__(self, message: str, share: float = 1.0):
+        super().__init__(message)
+        self.share = share
+
+
+__all__ = ["available", "get", "sample", "Grid", "GridDenoiser", "Generators", "NonFiniteSampleError", "SCHEDULES",
            "make_times", *_SAMPLERS]

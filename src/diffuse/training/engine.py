@@ -21,6 +21,7 @@ The engine owns what every run shares (task.py lists what a task brings):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -34,11 +35,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from .. import checkpoint as ckpt
-from ..data import DataConfig, Dataset, collate, load_dataset
+from ..data import DataConfig, DataInfo, Dataset, collate, load_dataset
+from ..configs import ConfigError, from_dict
 from ..files import write_text_atomic
 from ..randomness import mixed_seed, seeded
 from .config import RunConfig, TrainConfig
-from .folder import METRICS, PICTURES, TEST_METRICS, RunFolderError, RunLock, prepare_fresh
+from .folder import METRICS, PICTURES, TEST_METRICS, RunFolderError, RunLock, prepare_fresh, sweep_temporaries
 from .task import Task, task_class
 
 
@@ -142,6 +144,30 @@ def read_metrics(out_dir) -> list[dict]:
     return records
 
 
+@dataclasses.dataclass
+class TrainerState:
+    """A checkpoint's trainer.json: where the run stands (the optimiser's state is beside it, in
+    trainer.safetensors)."""
+
+    step: int
+    optimizer: dict
+    elapsed_seconds: float = 0.0
+    world_size: int = 1
+    seed: int = 0
+
+
+def read_trainer_state(folder: Path) -> TrainerState:
+    """A checkpoint's trainer.json, validated field by field."""
+    file = folder / "trainer.json"
+    try:
+        state = from_dict(TrainerState, ckpt.load_json(file), str(file))
+    except ConfigError as e:
+        raise ckpt.CheckpointError(str(e)) from None
+    if state.step < 0:
+        raise ckpt.CheckpointError(f"{file}: step must be >= 0, got {state.step}")
+    return state
+
+
 def prepare(config: RunConfig, data: Dataset, state: dict | None = None, device="cpu",
             test_data=None) -> tuple[Task, Dataset, RunConfig]:
     """(the task of `config` fitted to `data`, the examples it trains on, the config with what the
@@ -217,8 +243,12 @@ class Engine:
             raise ValueError("a new run needs a config")
         elif self.rank == 0:
             prepare_fresh(self.out_dir, overwrite)
+        if self.rank == 0:
+            sweep_temporaries(self.out_dir)
         if dataset is not None:
             config = config.replace(data=DataConfig("python", options={"description": dataset.name}))
+        else:  # recorded with absolute paths, so the run loads its data from any working directory
+            config = config.replace(data=config.data.resolved())
         data = dataset if dataset is not None else load_dataset(config.data, "train")
         self.info = data.info()
         self.task, self.examples, self.config = prepare(config, data, stored.state if stored else None, self.device,
@@ -266,13 +296,16 @@ class Engine:
             listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(frozen.items())[:4])
             raise ValueError(f"a resumed run keeps its task, data and seed, but these differ from the run in "
                              f"{self.out_dir}: {listed}. Start a new run (another --out) to change them")
-        if stored.data.get("shape") != list(self.info.shape):
-            raise ValueError(f"the data now have shape {list(self.info.shape)}, the run was trained on "
-                             f"{stored.data.get('shape')}")
+        try:
+            trained_on = DataInfo.from_dict(stored.data)
+        except ValueError as e:
+            raise ckpt.CheckpointError(f"{folder / 'config.json'}: {e}") from None
+        if (trained_on.modality, trained_on.shape) != (self.info.modality, self.info.shape):
+            raise ValueError(f"the data are now {self.info.modality}s of shape {list(self.info.shape)}; the run was "
+                             f"trained on {trained_on.modality}s of shape {list(trained_on.shape)}")
         changes = changed_fields({"train": vars(saved.train)}, {"train": vars(config.train)})
         if changes:
-            step = int(ckpt.load_json(folder / "trainer.json").get("step", 0))
-            self.history = [*self.history, {"step": step, "changed": changes}]
+            self.history = [*self.history, {"step": read_trainer_state(folder).step, "changed": changes}]
 
     # -- checkpoints -------------------------------------------------------------------------------
     @property
@@ -293,7 +326,7 @@ class Engine:
                                     keep=self.config.train.keep_checkpoints)
 
     def _restore(self, folder: Path) -> None:
-        meta = ckpt.load_json(folder / "trainer.json")
+        meta = dataclasses.asdict(read_trainer_state(folder))
         state = ckpt.load_tensors(folder / "trainer.safetensors")
         try:
             self.model.load_state_dict(ckpt.load_tensors(folder / "model.safetensors"))

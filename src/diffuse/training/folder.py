@@ -110,3 +110,14 @@ def prepare_fresh(folder: Path, overwrite: bool) -> None:
                              "--overwrite, or choose another --out")
     for path in run_files(folder):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def sweep_temporaries(folder: Path) -> None:
+    """Remove what killed writes left: the hidden temporaries (.NAME.XXXX) of the run's own files at
+    its top and in pictures/ (the checkpoints' are swept by every save). Only the lock's holder
+    calls this, so no other writer can be midway through one."""
+    for place in (Path(folder), Path(folder) / PICTURES):
+        if place.is_dir():
+            for stale in place.glob(".*.*"):
+                if stale.is_file() and stale.name != LOCK:
+                    stale.unlink(missing_ok=True)
