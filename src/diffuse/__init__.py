@@ -15,7 +15,7 @@ from .parameterization import PREDICTIONS, convert
 from .process import EDM, VE, VP, DiscreteVP, Flow, GaussianPath, get_process, process_from_config
 from .samplers import sample
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = ("models", "data", "training", "metrics", "cli", "checkpoint", "text", "pipeline", "recipes", "runs",
          "latent", "plotting", "conditions", "configs")
