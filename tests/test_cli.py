@@ -311,3 +311,42 @@ def test_eval_prints_the_metrics_beside_the_floor(tmp_path, capsys, monkeypatch)
     # an untrained model is far from the data; real data is at the floor
     assert scores["model"]["fd"] > scores["floor"]["fd"]
     assert scores["floor"]["accuracy"] > 0.95
+
+
+def test_a_config_file_reproduces_the_run_of_the_flags_and_print_config_round_trips(tmp_path):
+    flags = ["--data", "digits", "--cond", "class", "--network", unet_json(10), "--steps", 3, "--batch-size", 16,
+             "--checkpoint-every", 3, "--sample-steps", 2, "--warmup-steps", 1, "--lr", 1e-3, "--label-dropout", 0.2,
+             "--set", "task.time_options.p_mean=-0.8"]
+    code, printed, err = run_main(["train", "--print-config", *flags])
+    assert code == 0, err
+    (tmp_path / "run.json").write_text(printed)
+    assert run_main(["train", "--out", tmp_path / "flags", "--quiet", *flags])[0] == 0
+    assert run_main(["train", "--out", tmp_path / "file", "--quiet", "--config", tmp_path / "run.json"])[0] == 0
+    a, b = diffuse.load(tmp_path / "flags"), diffuse.load(tmp_path / "file")
+    assert a.config.to_dict() == b.config.to_dict() == json.loads(printed)
+    assert a.config.task.time_options == {"p_mean": -0.8} and a.config.task.sigma_data is not None
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    # and the printed config of the file is the file itself
+    code, again, _ = run_main(["train", "--print-config", "--config", tmp_path / "run.json"])
+    assert code == 0 and json.loads(again) == json.loads(printed)
+
+
+def test_help_shows_every_field_with_its_default_and_the_version(capsys):
+    import dataclasses
+
+    from diffuse.cli import build_parser
+    from diffuse.training import AutoencoderTaskConfig
+
+    def shown(*argv) -> str:
+        with pytest.raises(SystemExit):
+            build_parser(list(argv)).parse_args(list(argv))
+        return " ".join(capsys.readouterr().out.split())
+
+    # the defaults shown are the task's own
+    assert "--time-sampling" in shown("train", "--help") and "(default: log_normal)" in shown("train", "--help")
+    autoencoder = shown("train", "--task", "autoencoder", "--help")
+    assert "(default: 1e-06)" in autoencoder and "AdamW's peak learning rate (default: 0.001)" in autoencoder
+    for f in dataclasses.fields(AutoencoderTaskConfig):
+        assert f"--{f.name.replace('_', '-')}" in autoencoder
+    assert "start from a named recipe" in shown("train", "--recipe", "shapes", "--help")
+    assert shown("--version").startswith("diffuse 0.2")
