@@ -236,3 +236,13 @@ def test_sizes_the_factor_does_not_divide_fail_before_training(tmp_path):
     assert code == 1 and "power of two" in err
     code, _, err = run_main(["train", "--task", "autoencoder", "--data", "ring", "--out", tmp_path / "r", "--quiet"])
     assert code == 1 and "an autoencoder takes images" in err
+
+
+def test_images_given_in_python_without_a_test_split_train_and_preview(tmp_path):
+    images = TensorDataset(torch.rand(32, 1, 8, 8) * 2 - 1, None, None, "mine", modality="image")
+    engine = Engine(run_config("autoencoder", network=dict(TINY), batch_size=8, steps=2, checkpoint_every=2,
+                               grid_size=4), tmp_path, dataset=images, progress=False)
+    engine.fit()
+    assert engine.test_metrics is None and not (tmp_path / "test_metrics.json").exists()
+    assert (tmp_path / "reconstructions.png").is_file()  # of training images, for want of test ones
+    assert engine.task.report(None) == []

@@ -218,7 +218,7 @@ def test_without_ema_the_trained_weights_are_loaded(tmp_path):
     (dict(data="moons"), "needs a labelled data set"),
     (dict(network={**TINY_MLP_CLASSIFIER, "num_classes": 3}), "the data have 8 classes"),
     (dict(network=dict(TINY_UNET_CLASSIFIER)), r"a unet_classifier takes images; the data have shape \(2,\)"),
-    (dict(time_sampling="sometimes"), "time sampling must be one of"),
+    (dict(time_sampling="sometimes"), "time_sampling must be one of"),
     (dict(ema_decay=1.5), "ema_decay must be a finite number in"),
 ])
 def test_bad_settings_are_refused(tmp_path, overrides, message):

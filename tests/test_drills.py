@@ -76,9 +76,20 @@ def digits_run(tmp_path_factory):
 
 
 def child(*argv, **kwargs) -> subprocess.Popen:
-    """`python -m diffuse ARGV` as a child process with its own process group."""
-    return subprocess.Popen([PYTHON, "-m", "diffuse", *map(str, argv)], env=subprocess_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
+    """`python -m diffuse ARGV` as a child process with its own process group; SIGABRT makes it print
+    every thread's Python stack (faulthandler), for a child that does not answer."""
+    return subprocess.Popen([PYTHON, "-m", "diffuse", *map(str, argv)], env=subprocess_env(PYTHONFAULTHANDLER="1"),
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
+
+
+def finish(process: subprocess.Popen, timeout: float = 120) -> str:
+    """The child's stderr once it exits; one that does not within `timeout` fails the test with
+    its stacks."""
+    try:
+        return process.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        pytest.fail(f"the child did not exit in {timeout} s; its stacks:\n{process.communicate()[1][-4000:]}")
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -123,7 +134,7 @@ def test_d2_d22_a_second_writer_is_refused_and_sigint_stops_the_first_cleanly(tm
             line = one_line_error(train_ring(run, *options), "train", contains=f"in use by process {first.pid}")
             assert "wait for it to finish" in line
         first.send_signal(signal.SIGINT)
-        _, err = first.communicate(timeout=60)
+        err = finish(first)
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)

@@ -190,6 +190,8 @@ def base_config(args) -> dict:
     from .recipes import recipe
 
     if args.resume:
+        if not args.out:
+            raise ValueError("--resume continues the run in --out: name it")
         if args.config or args.recipe:
             raise ValueError("--resume continues the run in --out with its own config; drop --config/--recipe")
         return read_run(args.out).config

@@ -25,6 +25,15 @@ class ConfigError(ValueError):
     """A config or JSON file that cannot be used as it is, with where and which field."""
 
 
+def check_choices(config) -> None:
+    """Raise unless every field that declares `choices` (see `option`) holds one of them (or None);
+    a config's __post_init__ calls it, so the choices the CLI offers are the ones it accepts."""
+    for f in dataclasses.fields(config):
+        choices, value = f.metadata.get("choices"), getattr(config, f.name)
+        if choices is not None and value is not None and value not in choices:
+            raise ValueError(f"{f.name} must be one of {choices}, got {value!r}")
+
+
 def option(default=dataclasses.MISSING, *, help: str, choices=None, factory=None):
     """A config field that documents itself: its `help` and `choices` are what the command line
     shows (diffuse.cli derives every flag from the fields), so there is no second list to drift.
@@ -161,11 +170,6 @@ def _show(value) -> str:
 def whole_number(name: str, value, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def one_of(name: str, value, options) -> None:
-    if value not in options:
-        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
 
 
 def in_range(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:

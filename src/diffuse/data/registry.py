@@ -21,7 +21,7 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..configs import ConfigError, option, to_dict
+from ..configs import ConfigError, check_choices, option, to_dict
 from .bundled import load_digits, load_mnist5k
 from .dataset import Dataset, TensorDataset
 from .fashion import load_fashion_mnist
@@ -65,8 +65,7 @@ class DataConfig:
             if not 1 <= len(size) <= 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
                                                  for s in size):
                 raise ValueError(f"size must be a positive integer or [height, width], got {self.size!r}")
-        if self.channels not in (None, 1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
+        check_choices(self)
         kind = self.name.partition(":")[0]
         if kind != "folder" and (self.size is not None or self.center_crop or self.channels is not None):
             raise ValueError(f"size, center_crop and channels apply to image folders (folder:PATH), not {self.name!r}")

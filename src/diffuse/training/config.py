@@ -17,7 +17,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ..configs import ConfigError, check_type, from_dict, in_range, one_of, option, to_dict, whole_number
+from ..configs import ConfigError, check_choices, check_type, from_dict, in_range, option, to_dict, whole_number
 from ..data import DataConfig, as_data_config
 from .task import TaskConfig, task_class
 
@@ -50,7 +50,7 @@ class TrainConfig:
             whole_number(name, getattr(self, name), 1)
         for name in ("warmup_steps", "num_workers", "seed"):
             whole_number(name, getattr(self, name), 0)
-        one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choices(self)
         in_range("lr", self.lr, 0, 10, low_open=True)
         in_range("weight_decay", self.weight_decay, 0, 10)
         in_range("grad_clip", self.grad_clip, 0, math.inf)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -282,8 +283,11 @@ class Engine:
         for data given in Python without one."""
         if test_dataset is not None or dataset is not None:
             return lambda: test_dataset
-        loaded = []
-        return lambda: loaded[0] if loaded else loaded.append(load_dataset(data, "test")) or loaded[0]
+
+        @functools.cache
+        def test_split() -> Dataset:
+            return load_dataset(data, "test")
+        return test_split
 
     def _check_resumable(self, saved: RunConfig, config: RunConfig, stored: ckpt.StoredRun, folder: Path) -> None:
         """A resumed run is the stored run: its task, data and seed stay; other train fields may

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...configs import one_of, option, whole_number
+from ...configs import check_choices, option, whole_number
 from ...data import Dataset, to_unit
 from ...latent import latent_scale
 from ...models.autoencoder import AutoencoderConfig, AutoencoderKL, build_autoencoder
@@ -37,7 +37,7 @@ class AutoencoderTaskConfig(TaskConfig):
     scale_examples: int | None = option(10_000, help="training images the latent scale is measured on (none: all)")
 
     def __post_init__(self):
-        one_of("loss", self.loss, ("l1", "l2"))
+        check_choices(self)
         if not (isinstance(self.kl_weight, (int, float)) and self.kl_weight >= 0):
             raise ValueError(f"kl_weight must be non-negative, got {self.kl_weight}")
         whole_number("grid_size", self.grid_size, 1)
@@ -115,7 +115,8 @@ class AutoencoderTask(Task):
 
     def preview(self, model: AutoencoderKL) -> dict:
         from ...plotting import save_image_grid
-        x = self.test_data().data[:self.config.grid_size]
+        test = self.test_data()  # None for data given in Python without a test split: training images then
+        x = (test.data if test is not None else self.scale_images)[:self.config.grid_size]
         recon = self.reconstruct(model, x)
         cols = min(8, len(x))
         rows = []
@@ -126,9 +127,11 @@ class AutoencoderTask(Task):
         grid = torch.cat(rows)
         return {"reconstructions": lambda path: save_image_grid(grid, path, nrow=cols)}
 
-    def evaluate(self, model: AutoencoderKL, batch_size: int = 500) -> dict:
+    def evaluate(self, model: AutoencoderKL, batch_size: int = 500) -> dict | None:
         """Reconstruction quality on the test split: the posterior mean decoded, in [0, 1]."""
         test = self.test_data()
+        if test is None:
+            return None
         values = torch.cat([psnr(x, self.reconstruct(model, x)) for x in test.data.split(batch_size)]).double()
         spread = float(values.std()) if len(values) > 1 else 0.0
         # psnr: the mean over test images of each image's PSNR
@@ -136,7 +139,8 @@ class AutoencoderTask(Task):
                 "psnr_std": round(spread, 4)}
 
     def report(self, metrics: dict | None) -> list[str]:
-        latent = self.state.get("latent", {})
+        if metrics is None:
+            return []
+        latent, factor = self.state["latent"], AutoencoderConfig.from_dict(self.config.network).factor
         return [f"test reconstruction PSNR {metrics['psnr']:.2f} dB over {metrics['examples']} images (in [0, 1])",
-                f"latents {tuple(latent.get('shape', ()))} per image (factor {2 ** (len(self.config.network['channel_mults']) - 1)}); "
-                f"scale factor {latent.get('scale_factor', float('nan')):.4g}"]
+                f"latents {tuple(latent['shape'])} per image (factor {factor}); scale factor {latent['scale_factor']:.4g}"]

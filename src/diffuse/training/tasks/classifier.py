@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ...classifier import NoiseAwareClassifier
-from ...configs import in_range, one_of, option
+from ...configs import check_choices, in_range, option
 from ...data import Dataset, spread
 from ...models import build_classifier, classifier_config, default_classifier
 from ...objectives import TIME_SAMPLINGS, sample_times
@@ -45,7 +45,7 @@ class ClassifierTaskConfig(TaskConfig):
     time_sampling: str = option("uniform_log_snr", choices=TIME_SAMPLINGS, help="how training draws noise levels")
 
     def __post_init__(self):
-        one_of("time sampling", self.time_sampling, TIME_SAMPLINGS)
+        check_choices(self)
         process_from_config(self.process)
         if self.sigma_data is not None:
             in_range("sigma_data", self.sigma_data, 0, math.inf, low_open=True)
@@ -132,4 +132,5 @@ class ClassifierTask(Task):
             return []
         levels = "  ".join(f"{level}: {value:.3f}" for level, value in metrics["accuracy_at_noise"].items())
         return [f"test accuracy at noise sigma/alpha  {levels}  (chance {metrics['chance']:.3f})",
-                "it guides a diffusion model of the same process: diffuse sample RUN --labels ... --classifier THIS_RUN"]
+                "it guides a diffusion model of the same process: diffuse sample MODEL_RUN --labels ... "
+                "--classifier CLASSIFIER_RUN"]

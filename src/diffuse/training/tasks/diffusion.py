@@ -27,7 +27,7 @@ from ...data import Dataset, WithColumns, spread
 from ...denoiser import Denoiser
 from ...latent import open_autoencoder
 from ...models import build_network, text_network
-from ...configs import in_range, one_of, option, whole_number
+from ...configs import check_choices, in_range, option, whole_number
 from ...objectives import TIME_SAMPLINGS, WEIGHTINGS, DenoisingLoss, check_time_options
 from ...parameterization import PREDICTIONS
 from ...pipeline import Pipeline
@@ -72,12 +72,7 @@ class DiffusionTaskConfig(TaskConfig):
     grid_size: int = option(100, help="samples in each checkpoint's picture")
 
     def __post_init__(self):
-        one_of("cond", self.cond, CONDITIONS)
-        one_of("prediction", self.prediction, PREDICTIONS)
-        one_of("preconditioning", self.preconditioning, PRECONDITIONINGS)
-        one_of("weighting", self.weighting, WEIGHTINGS)
-        one_of("sampler", self.sampler, available())
-        one_of("sample_schedule", self.sample_schedule, ("auto", *SCHEDULES))
+        check_choices(self)
         check_time_options(self.time_sampling, self.time_options)
         if self.preconditioning == "edm" and self.prediction != "x0":
             raise ValueError(f"EDM preconditioning makes the model predict x0; got prediction={self.prediction!r}")
