@@ -75,11 +75,19 @@ def digits_run(tmp_path_factory):
     return run
 
 
+def as_in_a_terminal() -> None:
+    """SIGINT as a foreground process in a terminal has it. A test runner started in the background
+    by a shell without job control ignores SIGINT, children inherit that, and Python then installs
+    no KeyboardInterrupt handler: a Ctrl-C drill would wait forever."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def child(*argv, **kwargs) -> subprocess.Popen:
     """`python -m diffuse ARGV` as a child process with its own process group; SIGABRT makes it print
     every thread's Python stack (faulthandler), for a child that does not answer."""
     return subprocess.Popen([PYTHON, "-m", "diffuse", *map(str, argv)], env=subprocess_env(PYTHONFAULTHANDLER="1"),
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=as_in_a_terminal, **kwargs)
 
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> str:
