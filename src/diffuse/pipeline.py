@@ -19,25 +19,10 @@ from typing import Callable, Sequence
 import torch
 
 from .conditions import Condition, nulls
+from .configs import in_range, whole_number
 from .data import DataInfo
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .samplers import Generators, NonFiniteSampleError, sample
-
-
-def finite_number(name: str, value, low: float = -math.inf, high: float = math.inf) -> float:
-    """`value` as a float if it is a finite number in [low, high], else a ValueError saying so."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or not low <= value <= high:
-        interval = f"[{low:g}, {high:g}]" if math.isfinite(low) or math.isfinite(high) else "a finite number"
-        raise ValueError(f"{name} must be a finite number{' in ' + interval if '[' in interval else ''}, "
-                         f"got {value!r}")
-    return float(value)
-
-
-def positive_integer(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class Pipeline:
@@ -102,12 +87,11 @@ class Pipeline:
         sampler, steps, schedule   default to the run's; `options` go to the sampler
         callback   called after every model evaluation with {"i", "t", "x", "denoised", "batch"}
         """
-        n, batch_size = positive_integer("n", n), positive_integer("batch_size", batch_size)
-        guidance = finite_number("guidance", guidance, 0.0)
-        classifier_scale = finite_number("classifier_scale", classifier_scale, 0.0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        steps = self.steps if steps is None else positive_integer("steps", steps)
+        whole_number("n", n, 1), whole_number("batch_size", batch_size, 1), whole_number("seed", seed, 0)
+        in_range("guidance", guidance, 0, math.inf), in_range("classifier_scale", classifier_scale, 0, math.inf)
+        if steps is not None:
+            whole_number("steps", steps, 1)
+        steps = self.steps if steps is None else steps
         if prompt is not None:
             if tokens is not None:
                 raise ValueError("give a prompt or tokens, not both")
