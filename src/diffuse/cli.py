@@ -63,9 +63,9 @@ def parse_labels(text: str | None) -> list[int] | None:
 
 # -- values of flags ------------------------------------------------------------------------------------
 
-def number(kind, low: float = -math.inf, optional: bool = False, *, strict_low: bool = False):
-    """An argparse type: a finite int or float >= low (> low when strict), or "none" when optional;
-    the message names the accepted range."""
+def number(kind, low: float = -math.inf, optional: bool = False):
+    """An argparse type: a finite int or float >= low, or "none" when optional; the message names
+    the accepted range."""
     def parse(text: str):
         if optional and text.lower() in ("none", "null"):
             return None
@@ -73,10 +73,10 @@ def number(kind, low: float = -math.inf, optional: bool = False, *, strict_low: 
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if not math.isfinite(value) or value < low or (strict_low and value == low):
-            bound = f"> {low:g}" if strict_low else f">= {low:g}"
-            raise argparse.ArgumentTypeError(f"expected a finite number {bound if math.isfinite(low) else ''}"
-                                             f"{', or none' if optional else ''}, got {text!r}".replace("  ", " "))
+        if not math.isfinite(value) or value < low:
+            bound = f" >= {low:g}" if math.isfinite(low) else ""
+            raise argparse.ArgumentTypeError(f"expected a finite number{bound}{', or none' if optional else ''}, "
+                                             f"got {text!r}")
         return value
     parse.__name__ = kind.__name__
     return parse

@@ -27,10 +27,11 @@ from .samplers import Generators, NonFiniteSampleError, sample
 
 class Pipeline:
     def __init__(self, model, info: DataInfo, conditions: Sequence[Condition] = (), *, sampler: str = "heun",
-                 steps: int = 18, schedule="auto", tokenizer=None, codec=None, loss=None, config=None):
+                 steps: int = 18, schedule="auto", tokenizer=None, codec=None, loss=None):
         self.model, self.info, self.conditions = model, info, tuple(conditions)
         self.sampler, self.steps, self.schedule = sampler, steps, schedule
-        self.tokenizer, self.codec, self.loss, self.config = tokenizer, codec, loss, config
+        self.tokenizer, self.codec, self.loss = tokenizer, codec, loss
+        self.config = self.stored = None  # a run folder's RunConfig and config.json, set by diffuse.load
 
     @property
     def process(self):

@@ -27,9 +27,9 @@ USES = {"autoencoder": "train a diffusion model on its latents with `diffuse tra
 def restore(run, *, ema: bool = True, device="cpu", kind: str | None = None,
             overrides: dict | None = None) -> tuple[Task, nn.Module, RunConfig, ckpt.StoredRun]:
     """(task, trained module in eval mode, run config, what config.json says) of a run or a
-    checkpoint folder; `kind` the task kind it must be; `overrides` task fields to replace first
-    (e.g. a moved autoencoder's path)."""
-    stored = ckpt.read_run(run)
+    checkpoint folder (or what read_run already read of one); `kind` the task kind it must be;
+    `overrides` task fields to replace first (e.g. a moved autoencoder's path)."""
+    stored = run if isinstance(run, ckpt.StoredRun) else ckpt.read_run(run)
     if kind is not None and stored.kind != kind:
         use = USES.get(stored.kind, "").format(run=run)
         raise ckpt.CheckpointError(f"{stored.folder} is a{'n' if stored.kind[:1] in 'aeiou' else ''} {stored.kind} run, "
@@ -73,7 +73,7 @@ def load_classifier(run, *, ema: bool = True, device="cpu") -> NoiseAwareClassif
     if stored.kind != "classifier":
         raise ckpt.CheckpointError(f"{stored.folder} is not a classifier checkpoint but a {stored.kind} run "
                                    "(train one with `diffuse train --task classifier`)")
-    _, classifier, config, _ = restore(run, ema=ema, device=device)
+    _, classifier, config, _ = restore(stored, ema=ema, device=device)
     classifier.run = config
     return classifier.requires_grad_(False)
 

@@ -138,6 +138,11 @@ def spread(data: Dataset) -> float:
     return float(data.__getitems__(index)["x"].std())
 
 
+def key_indices(keys: list) -> torch.Tensor:
+    """The example indices of a batch's keys (an index, or an (index, augmentation seed) pair)."""
+    return torch.tensor([k[0] if isinstance(k, tuple) else k for k in keys], dtype=torch.long)
+
+
 def collate(examples) -> dict:
     """A batch dict from a list of examples, or a batch a set already assembled (`__getitems__`)."""
     if isinstance(examples, dict):
@@ -191,7 +196,7 @@ class TensorDataset(Dataset):
         return {k: v[0] for k, v in self.__getitems__([index if seed is None else (index, seed)]).items()}
 
     def __getitems__(self, keys: list) -> dict:
-        index = torch.tensor([k[0] if isinstance(k, tuple) else k for k in keys], dtype=torch.long)
+        index = key_indices(keys)
         x = self.tensor[index]
         if self.random_flip:
             seeds = [k[1] if isinstance(k, tuple) else None for k in keys]
@@ -247,7 +252,7 @@ class WithColumns(Dataset):
         return {**self.base.example(index, seed), **{k: v[index] for k, v in self.columns.items()}}
 
     def __getitems__(self, keys: list) -> dict:
-        index = torch.tensor([k[0] if isinstance(k, tuple) else k for k in keys], dtype=torch.long)
+        index = key_indices(keys)
         return {**self.base.__getitems__(keys), **{k: v[index] for k, v in self.columns.items()}}
 
     def subset(self, index, name: str) -> "WithColumns":

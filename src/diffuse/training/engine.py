@@ -256,7 +256,8 @@ class Engine:
                                                         self._test_split(config.data, dataset, test_dataset))
         config = self.config
         if stored is not None:
-            self._check_resumable(saved, config, stored, folder)
+            trainer_state = read_trainer_state(folder)
+            self._check_resumable(saved, config, stored, folder, trainer_state.step)
         train = config.train
         self.sampler = StepBatches(len(self.examples), train.batch_size, train.seed, self.rank, self.world)
 
@@ -270,7 +271,7 @@ class Engine:
         self.test_metrics = None
         self.records: list[dict] = []  # what metrics.jsonl holds
         if folder is not None:
-            self._restore(folder)
+            self._restore(folder, trainer_state)
         self.train_model = self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -289,7 +290,8 @@ class Engine:
             return load_dataset(data, "test")
         return test_split
 
-    def _check_resumable(self, saved: RunConfig, config: RunConfig, stored: ckpt.StoredRun, folder: Path) -> None:
+    def _check_resumable(self, saved: RunConfig, config: RunConfig, stored: ckpt.StoredRun, folder: Path,
+                         step: int) -> None:
         """A resumed run is the stored run: its task, data and seed stay; other train fields may
         change, and each change is recorded in the run's history."""
         frozen = changed_fields({"task": saved.task.to_dict(), "data": saved.data.to_dict(),
@@ -309,7 +311,7 @@ class Engine:
                              f"trained on {trained_on.modality}s of shape {list(trained_on.shape)}")
         changes = changed_fields({"train": vars(saved.train)}, {"train": vars(config.train)})
         if changes:
-            self.history = [*self.history, {"step": read_trainer_state(folder).step, "changed": changes}]
+            self.history = [*self.history, {"step": step, "changed": changes}]
 
     # -- checkpoints -------------------------------------------------------------------------------
     @property
@@ -329,8 +331,7 @@ class Engine:
         return ckpt.save_checkpoint(self.out_dir, self.step, stored, tensors, meta,
                                     keep=self.config.train.keep_checkpoints)
 
-    def _restore(self, folder: Path) -> None:
-        meta = dataclasses.asdict(read_trainer_state(folder))
+    def _restore(self, folder: Path, trainer_state: TrainerState) -> None:
         state = ckpt.load_tensors(folder / "trainer.safetensors")
         try:
             self.model.load_state_dict(ckpt.load_tensors(folder / "model.safetensors"))
@@ -338,9 +339,8 @@ class Engine:
                 kept = self.saved_config.train.ema_decay is not None
                 self.ema.load_state_dict(ckpt.load_tensors(folder / "ema.safetensors") if kept
                                          else self.model.state_dict())
-            self.optimizer.load_state_dict(ckpt.unflatten_optimizer(state, meta["optimizer"]))
-            self.step = int(meta["step"])
-            self.elapsed = float(meta.get("elapsed_seconds", 0.0))
+            self.optimizer.load_state_dict(ckpt.unflatten_optimizer(state, trainer_state.optimizer))
+            self.step, self.elapsed = trainer_state.step, trainer_state.elapsed_seconds
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise ckpt.CheckpointError(f"{folder}: the weights or trainer state do not match the run's config: "
                                        f"{str(e).splitlines()[0]}") from None

@@ -18,7 +18,7 @@ SPLITS = {"test": "seen combinations", HELDOUT: "held-out combinations"}
 
 
 def caption_tokens(pipeline, captions: list[str]) -> torch.Tensor:
-    return pipeline.tokenizer.encode(captions, max_length=pipeline.model.net.config.max_length)
+    return pipeline.prompt_tokens(captions, len(captions))[0]
 
 
 def sample_caption_errors(pipeline, captions: list[str], **sampling) -> list[str | None]:

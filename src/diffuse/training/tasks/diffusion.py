@@ -266,7 +266,7 @@ class DiffusionTask(Task):
         c = self.config
         return Pipeline(model, self.info, self.conditions, sampler=c.sampler, steps=c.sample_steps,
                         schedule=c.sample_schedule, tokenizer=self.tokenizer, codec=self.codec,
-                        loss=self.loss_fn, config=c)
+                        loss=self.loss_fn)
 
     def preview(self, model) -> dict[str, Callable]:
         """The grid of samples (class-major for a class model, the first training captions for a
