@@ -270,6 +270,56 @@ def diffusers_configs():
     return out
 
 
+def diffusers_defaults():
+    """Each scheduler as a user gets it: only the model's betas and prediction given."""
+    import diffusers
+    common = dict(num_train_timesteps=N_TRAIN_STEPS, prediction_type="epsilon", **BETAS)
+    names = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DDIMScheduler",
+             "EulerDiscreteScheduler", "HeunDiscreteScheduler", "DEISMultistepScheduler")
+    return {name.replace("Scheduler", ""): (lambda cls=getattr(diffusers, name): cls(**common), False)
+            for name in names}
+
+
+# what each of our defaults is compared with: the same method's diffusers scheduler at its defaults
+DEFAULT_PEERS = {"dpmpp_2m": "DPMSolverMultistep", "unipc": "UniPCMultistep", "ddim": "DDIM",
+                 "euler": "EulerDiscrete", "heun": "HeunDiscrete"}
+
+
+def run_our_defaults(mix, process, noise, budgets):
+    """Each sampler with schedule='auto', the default a user who changes nothing gets."""
+    model, runs = mix.denoiser(process), []
+    rho = lambda t: float(process.sigma(t) / process.alpha(t))  # noqa: E731
+    for sampler in DEFAULT_PEERS:
+        nfe_of = lambda s: diffuse.sample(model, process, noise[:1], sampler=sampler, steps=s,  # noqa: E731
+                                          return_nfe=True)[1]
+        for budget in budgets:
+            steps = fit_steps(nfe_of, budget)
+            times = make_times(process, "auto", steps, sampler=sampler)
+            x, nfe = diffuse.sample(model, process, noise, sampler=sampler, steps=steps, return_nfe=True)
+            runs.append(Run("ours", f"{sampler} ({process.schedule_for(sampler)})", budget, nfe, x.to(F64),
+                            1 / float(process.alpha(times[0])), rho(times[0]), rho(times[-1]), True,
+                            rho(process.t_min)))
+    return runs
+
+
+def defaults_table(title, runs, budgets, print_):
+    """Ours at its defaults beside each diffusers scheduler at its defaults, by err."""
+    print_(f"\n=== {title}: defaults (nothing chosen but the sampler), err to the exact ODE endpoint ===")
+    by = {(r.name, r.budget): r for r in runs}
+    head = "".join(f"{'NFE<=' + str(b):>10}" for b in budgets)
+    print_(f"{'ours':<26}{head}   {'diffusers':<22}{head}")
+    verdict = []
+    for sampler, peer in DEFAULT_PEERS.items():
+        mine = next(name for name, _ in by if name.startswith(sampler + " ("))
+        cells = lambda name: "".join(fmt(by[name, b].metrics["err"]) + " " for b in budgets)  # noqa: E731
+        print_(f"{mine:<26}{cells(mine)}   {peer:<22}{cells(peer)}")
+        verdict += [(sampler, b, by[mine, b].metrics["err"], by[peer, b].metrics["err"]) for b in budgets]
+    worse = [(s, b, o, t) for s, b, o, t in verdict if o > t]
+    print_("ours no worse than diffusers' defaults everywhere" if not worse else
+           "WORSE: " + ", ".join(f"{s} NFE {b}: {o:.3f} > {t:.3f}" for s, b, o, t in worse))
+    return worse
+
+
 class DiffusersModel:
     """eps(x_vp, n) of the exact mixture at the scheduler's own noise level for timestep n."""
 
@@ -309,9 +359,9 @@ def diffusers_loop(sched, model: DiffusersModel, noise: torch.Tensor, at_sigma: 
     return x, nfe, mismatch
 
 
-def run_diffusers(mix, noise, budgets, log):
+def run_diffusers(mix, noise, budgets, log, configs=None):
     runs = []
-    for name, (make, at_sigma) in diffusers_configs().items():
+    for name, (make, at_sigma) in (configs or diffusers_configs()).items():
         for budget in budgets:
             def nfe_of(steps):
                 sched = make()
@@ -527,8 +577,12 @@ def main(argv=None):
     parser.add_argument("--fit-scale", type=float, default=1.0, help="scales the fits' iterations")
     parser.add_argument("--no-opt", action="store_true", help="skip the fitted schedules")
     parser.add_argument("--tol", type=float, default=1e-8, help="reference ODE tolerance")
+    parser.add_argument("--defaults", action="store_true",
+                        help="only the defaults table: ours and diffusers' at their defaults, NFE 5/10/20")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.defaults:
+        return main_defaults(args)
     budgets = args.nfe or ([5, 10] if args.quick else [5, 10, 20, 50])
     n_eval = args.eval or (500 if args.quick else 2000)
     if args.quick:
@@ -609,6 +663,21 @@ def main(argv=None):
            "% of 1x1-conv loop: the zero-model loop's time over the loop with a 1x1 convolution;\n"
            "% with conv net: its share of a call to a 3-layer 3x3 convolutional net (64 channels)")
     print_(f"\ntotal time {time.perf_counter() - start:.0f} s")
+
+
+def main_defaults(args):
+    budgets = args.nfe or [5, 10, 20]
+    n_eval = args.eval or 2000
+    process = VP.from_betas("linear")
+    worse = []
+    for title, mix in (("ring", ring()), ("gmm16", gmm16())):
+        noise = torch.randn(n_eval, mix.dim, generator=torch.Generator().manual_seed(1), dtype=F64)
+        runs = run_our_defaults(mix, process, noise, budgets)
+        runs += run_diffusers(mix, noise, budgets, lambda *a: None, diffusers_defaults())
+        add_references(mix, noise, runs, args.tol, lambda *a: print(*a, file=sys.stderr))
+        worse += defaults_table(f"{title} (N = {n_eval})", runs, budgets, print)
+    print(f"\nTarget: every default of ours no worse than the same method's diffusers default: "
+          f"{'met' if not worse else 'MISSED'}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import torch
 
 import diffuse
 from diffuse import VP, GaussianMixture
+from diffuse.interop.schedulers import scheduler_times
 from diffuse.process import named_betas
 from diffuse.samplers import make_times
 
@@ -231,24 +232,24 @@ CASES = [  # (precision mode, dim, sample dtype)
 def test_ddim_matches_diffusers(kind, steps, eta, mode, dim, dtype):
     sched = ddim_scheduler(kind)
     process = setup(sched, steps, mode)
-    assert torch.equal(our_timesteps(process, make_times(process, "leading", steps)), sched.timesteps)
+    times = scheduler_times(process, sched.timesteps)  # DDIM's own leading spacing keeps timestep 0
+    assert torch.equal(our_timesteps(process, times), sched.timesteps)
 
     f = eps_model(mixture(dim), sched.alphas_cumprod)
     noise = start_noise(dim, dtype)
     theirs = run_diffusers(sched, f, noise, seed=11, eta=eta)
-    ours = run_ours(process, f, noise, seed=11, sampler="ddim", steps=steps, schedule="leading", eta=eta)
+    ours = run_ours(process, f, noise, seed=11, sampler="ddim", steps=steps, schedule=times, eta=eta)
     assert_same_samples(ours, theirs, TOL[mode, dtype])
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("mode", ["as_is", "float64"])
 def test_ddim_matches_diffusers_with_steps_offset(eta, mode):
-    """diffusers' steps_offset=1 is our leading schedule with offset=1 (given as explicit times,
-    since sample() passes its options to the sampler)."""
+    """diffusers' steps_offset=1 (Stable Diffusion's DDIM config), its timesteps as our times."""
     steps = 20
     sched = ddim_scheduler("scaled_linear", steps_offset=1)
     process = setup(sched, steps, mode)
-    times = make_times(process, "leading", steps, offset=1)
+    times = scheduler_times(process, sched.timesteps)
     assert torch.equal(our_timesteps(process, times), sched.timesteps)
 
     f = eps_model(mixture(16), sched.alphas_cumprod)
@@ -291,12 +292,12 @@ def test_ddpm_matches_diffusers(kind, variance_type, variance, mode, dim, dtype)
     steps = 50
     sched = ddpm_scheduler(kind, variance_type)
     process = setup(sched, steps, mode)
-    assert torch.equal(our_timesteps(process, make_times(process, "leading", steps)), sched.timesteps)
+    times = scheduler_times(process, sched.timesteps)
 
     f = eps_model(mixture(dim), sched.alphas_cumprod)
     noise = start_noise(dim, dtype)
     theirs = run_diffusers(sched, f, noise, seed=21)
-    ours = run_ours(process, f, noise, seed=21, sampler="ddpm", steps=steps, schedule="leading",
+    ours = run_ours(process, f, noise, seed=21, sampler="ddpm", steps=steps, schedule=times,
                     variance=variance)
     assert_same_samples(ours, theirs, TOL[mode, dtype])
 
@@ -307,14 +308,14 @@ def test_ddpm_full_chain_matches_diffusers(variance_type, variance, mode):
     """All 1000 ancestral steps of Ho et al. (2-D mixture to keep it quick)."""
     sched = ddpm_scheduler("linear", variance_type)
     process = setup(sched, N_TRAIN, mode)
-    assert torch.equal(our_timesteps(process, make_times(process, "leading", N_TRAIN)),
+    assert torch.equal(our_timesteps(process, make_times(process, "trailing", N_TRAIN)),
                        torch.arange(N_TRAIN - 1, -1, -1))
     assert torch.equal(sched.timesteps, torch.arange(N_TRAIN - 1, -1, -1))
 
     f = eps_model(mixture(2), sched.alphas_cumprod)
     noise = start_noise(2, F64)
     theirs = run_diffusers(sched, f, noise, seed=33)
-    ours = run_ours(process, f, noise, seed=33, sampler="ddpm", steps=N_TRAIN, schedule="leading",
+    ours = run_ours(process, f, noise, seed=33, sampler="ddpm", steps=N_TRAIN, schedule="trailing",
                     variance=variance)
     assert_same_samples(ours, theirs, TOL_AS_IS_LONG if mode == "as_is" else TOL[mode, F64])
 
@@ -329,12 +330,12 @@ def test_ddpm_small_matches_diffusers_on_other_spacings(spacing, steps, mode):
     1 - alphas_cumprod[n_last] on that last step, where we step to clean data; it is left out."""
     sched = ddpm_scheduler("linear", "fixed_small", spacing=spacing)
     process = setup(sched, steps, mode)
-    assert torch.equal(our_timesteps(process, make_times(process, spacing, steps)), sched.timesteps)
+    times = scheduler_times(process, sched.timesteps)
 
     f = eps_model(mixture(16), sched.alphas_cumprod)
     noise = start_noise(16, F64)
     theirs = run_diffusers(sched, f, noise, seed=9)
-    ours = run_ours(process, f, noise, seed=9, sampler="ddpm", steps=steps, schedule=spacing,
+    ours = run_ours(process, f, noise, seed=9, sampler="ddpm", steps=steps, schedule=times,
                     variance="small")
     # The 1e-10 std noise diffusers adds on its last step is the only float64 difference.
     tol = TOL[mode, F64] if mode == "as_is" else dict(rtol=1e-9, atol=1e-9)
@@ -346,32 +347,58 @@ def test_ddpm_small_matches_diffusers_on_other_spacings(spacing, steps, mode):
 # ------------------------------------------------------------------------------------------------
 
 
+def multistep_scheduler(spacing: str, steps_offset: int = 0):
+    from diffusers import DPMSolverMultistepScheduler
+    return DPMSolverMultistepScheduler(num_train_timesteps=N_TRAIN, timestep_spacing=spacing,
+                                       steps_offset=steps_offset, **SCHEDULE_KWARGS["linear"])
+
+
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
-@pytest.mark.parametrize("steps", [1, 3, 10, 25, 50, 999, 1000])
-def test_timesteps_match_diffusers(spacing, steps):
-    for sched in (ddim_scheduler("linear", spacing=spacing), ddpm_scheduler("linear", "fixed_small", spacing)):
+@pytest.mark.parametrize("steps", [1, 3, 10, 25, 50, 998, 999, 1000])
+def test_named_spacings_are_diffusers_multistep_timesteps(spacing, steps):
+    """Our leading / trailing / linspace are the timesteps of diffusers' multistep solvers (which,
+    like ours, end with a step to clean data); trailing is also DDIM's and DDPM's."""
+    process = VP.from_betas("linear")
+    schedulers = [multistep_scheduler(spacing)]
+    if spacing == "trailing":
+        schedulers += [ddim_scheduler("linear", spacing=spacing), ddpm_scheduler("linear", "fixed_small", spacing)]
+    if spacing != "trailing" and steps >= N_TRAIN:
+        with pytest.raises(ValueError, match="exceed"):
+            make_times(process, spacing, steps)
+        return
+    times = make_times(process, spacing, steps)
+    torch.testing.assert_close(times, (our_timesteps(process, times).to(F64) + 1) / N_TRAIN, rtol=0, atol=1e-15)
+    for sched in schedulers:
         sched.set_timesteps(steps)
-        process = VP.from_betas(torch.tensor(sched.betas.numpy(), dtype=F64))
-        times = make_times(process, spacing, steps)
+        assert torch.equal(our_timesteps(process, times), sched.timesteps.long()), type(sched).__name__
+
+
+@pytest.mark.parametrize("steps", [10, 20, 50])
+def test_ddim_spacings_are_reproduced_as_explicit_times(steps):
+    """DDIM's leading and linspace keep timestep 0; scheduler_times gives them exactly."""
+    process = VP.from_betas("linear")
+    for spacing in ("leading", "linspace"):
+        sched = ddim_scheduler("linear", spacing=spacing)
+        sched.set_timesteps(steps)
+        times = make_times(process, scheduler_times(process, sched.timesteps), steps)
         assert torch.equal(our_timesteps(process, times), sched.timesteps)
-        # The times themselves are t = (n + 1) / N.
-        torch.testing.assert_close(times, (sched.timesteps.to(F64) + 1) / N_TRAIN, rtol=0, atol=1e-15)
+        assert int(sched.timesteps[-1]) == 0
 
 
 @pytest.mark.parametrize("offset", [1, 3])
-@pytest.mark.parametrize("steps", [10, 25, 50, 999])
+@pytest.mark.parametrize("steps", [10, 25, 50, 998])
 def test_leading_offset_matches_diffusers_steps_offset(offset, steps):
-    sched = ddim_scheduler("linear", spacing="leading", steps_offset=offset)
+    sched = multistep_scheduler("leading", steps_offset=offset)
     sched.set_timesteps(steps)
-    process = VP.from_betas(torch.tensor(sched.betas.numpy(), dtype=F64))
+    process = VP.from_betas("linear")
     if int(sched.timesteps.max()) > N_TRAIN - 1:
-        # diffusers hands out timesteps past its own schedule (999 steps, offset 3: up to 1001);
+        # diffusers hands out timesteps past its own schedule (998 steps, offset 3: up to 1001);
         # we refuse such a schedule.
         with pytest.raises(ValueError, match="must lie in"):
             make_times(process, "leading", steps, offset=offset)
         return
     ours = our_timesteps(process, make_times(process, "leading", steps, offset=offset))
-    assert torch.equal(ours, sched.timesteps)
+    assert torch.equal(ours, sched.timesteps.long())
 
 
 def test_rescaled_zero_terminal_snr_matches_diffusers():

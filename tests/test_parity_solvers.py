@@ -2,9 +2,8 @@
 
 The setup is that of test_parity_diffusers.py, whose helpers are reused: both sides sample the exact
 eps of a Gaussian mixture at diffusers' own alphas_cumprod[n], from the same noise, on the same
-integer timesteps (ours at t = (n + 1) / N). Where diffusers' timesteps are not one of our named
-spacings (its multistep schedulers space 'linspace' and 'leading' over steps + 1 points and drop
-the last), ours is given the explicit times built from `scheduler.timesteps`.
+integer timesteps (ours at t = (n + 1) / N). Our named spacings are those of its multistep
+schedulers ('linspace' and 'leading' over steps + 1 points, the last dropped).
 
 Precision modes, as there, plus what the multistep schedulers add:
 - "as_is": diffusers untouched (float32 tables).
@@ -87,12 +86,10 @@ def setup_multistep(sched, steps: int, mode: str) -> VP:
 
 
 def our_times(sched, process, spacing: str, steps: int) -> torch.Tensor:
-    """Our named spacing where it gives diffusers' timesteps ('trailing'), else explicit times."""
-    if spacing == "trailing":
-        times = make_times(process, "trailing", steps)
-        assert torch.equal(process.t_to_timestep(times).round().long(), sched.timesteps)
-        return times
-    return process.timestep_to_t(sched.timesteps)
+    """Our named spacing, checked to be diffusers' timesteps."""
+    times = make_times(process, spacing, steps)
+    assert torch.equal(process.t_to_timestep(times).round().long(), sched.timesteps)
+    return times
 
 
 def run_multistep(sched, f, noise, last_step: bool = True):

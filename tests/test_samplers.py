@@ -163,7 +163,8 @@ def test_model_receives_process_time_and_cond():
     diffuse.sample(model, process, torch.randn(3, 2), sampler="ddim", steps=5, prediction="eps",
                    schedule="leading", cond={"label": 7})
     times = [float(t[0]) for t, _ in seen]
-    assert times == [float(process.timestep_to_t(n)) for n in (800, 600, 400, 200, 0)]
+    # leading: 5 + 1 points in strides of 1000 // 6, the last (timestep 0) replaced by the final step
+    assert times == [float(process.timestep_to_t(n)) for n in (830, 664, 498, 332, 166)]
     assert all(t.shape == (3,) and t.dtype == torch.float64 and label == 7 for t, label in seen)
 
 

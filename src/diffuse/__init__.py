@@ -18,11 +18,12 @@ from .samplers import sample
 __version__ = "0.2.0"
 
 _LAZY = ("models", "data", "training", "metrics", "cli", "checkpoint", "text", "pipeline", "recipes", "runs",
-         "latent", "plotting", "conditions", "configs")
+         "latent", "plotting", "conditions", "configs", "interop")
 # Names of the outer layers, loaded on first use: {name: module}
 _LAZY_NAMES = {"load": "runs", "load_classifier": "runs", "load_autoencoder": "runs", "Pipeline": "pipeline",
                "recipe": "recipes", "train": "training", "Engine": "training", "RunConfig": "training",
-               "TrainConfig": "training", "DiffusionTaskConfig": "training", "DataConfig": "data"}
+               "TrainConfig": "training", "DiffusionTaskConfig": "training", "DataConfig": "data",
+               "from_diffusers": "interop"}
 
 
 def __getattr__(name):

@@ -18,12 +18,20 @@ import torch
 class Condition:
     key: str          # the field of a batch that holds it ("label", "tokens")
     argument: str     # the model's keyword for it ("labels", "tokens")
-    null: int | float  # fills a dropped entry: the null class, the padding id
+    null: int | float | torch.Tensor  # fills a dropped entry: the null class, the padding id, the
+    #                                   embedding of the empty prompt (one row, broadcast)
 
     def drop(self, value: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
         """`value` [B, ...] with the rows where `dropped` [B] is True set to the null value."""
         where = dropped.to(value.device).reshape((-1,) + (1,) * (value.ndim - 1))
-        return torch.where(where, torch.full_like(value, self.null), value)
+        return torch.where(where, null_like(self.null, value), value)
+
+
+def null_like(null, value: torch.Tensor) -> torch.Tensor:
+    """The null value filling a batch shaped as `value`: a number, or one row broadcast to it."""
+    if isinstance(null, torch.Tensor):
+        return null.to(value.device, value.dtype).expand_as(value)
+    return torch.full_like(value, null)
 
 
 def class_label(num_classes: int) -> Condition:

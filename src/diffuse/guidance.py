@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .conditions import null_like
 from .parameterization import convert
 from .process import GaussianPath
 
@@ -55,7 +56,7 @@ class ClassifierFreeGuidance:
         if self.scale == 0:
             return self.model(x, t, **cond)
         # One batch of 2B: every condition doubled, the guided ones with their null in the second half.
-        both = {name: torch.cat([value, torch.full_like(value, self.null[name]) if name in self.null else value])
+        both = {name: torch.cat([value, null_like(self.null[name], value) if name in self.null else value])
                 if isinstance(value, torch.Tensor) else value for name, value in cond.items()}
         conditional, unconditional = self.model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
         w = torch.full((x.shape[0],), self.scale, dtype=conditional.dtype, device=x.device)

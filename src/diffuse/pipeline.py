@@ -27,10 +27,15 @@ from .samplers import Generators, NonFiniteSampleError, sample
 
 class Pipeline:
     def __init__(self, model, info: DataInfo, conditions: Sequence[Condition] = (), *, sampler: str = "heun",
-                 steps: int = 18, schedule="auto", tokenizer=None, codec=None, loss=None):
+                 steps: int = 18, schedule="auto", tokenizer=None, codec=None, loss=None, prompt_encoder=None,
+                 clip_denoised: float | None = None):
         self.model, self.info, self.conditions = model, info, tuple(conditions)
         self.sampler, self.steps, self.schedule = sampler, steps, schedule
         self.tokenizer, self.codec, self.loss = tokenizer, codec, loss
+        # prompts -> {model keyword: [len(prompts), ...] tensor}, for a model whose text encoder is
+        # its own (a pretrained pipeline's); without one, prompts are tokenised for the model
+        self.prompt_encoder = prompt_encoder
+        self.clip_denoised = clip_denoised  # a pretrained scheduler's clip_sample range
         self.config = self.stored = None  # a run folder's RunConfig and config.json, set by diffuse.load
 
     @property
@@ -71,6 +76,14 @@ class Pipeline:
         encoded = self.tokenizer.encode(list(prompts), max_length=self.model.net.config.max_length)
         return encoded[torch.arange(n) % len(prompts)], unknown
 
+    def encode_prompt(self, prompts: str | Sequence[str], n: int) -> dict:
+        """{model keyword: [n, ...]} for the prompts cycled over n samples, each prompt encoded once."""
+        if self.prompt_encoder is None:
+            return {"tokens": self.prompt_tokens(prompts, n)[0]}
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        encoded = self.prompt_encoder(prompts)
+        return {k: v[torch.arange(n) % len(prompts)] for k, v in encoded.items()}
+
     @torch.no_grad()
     def sample(self, n: int, *, labels=None, prompt: str | Sequence[str] | None = None,
                tokens: torch.Tensor | None = None, guidance: float = 0.0, classifier=None,
@@ -93,12 +106,13 @@ class Pipeline:
         if steps is not None:
             whole_number("steps", steps, 1)
         steps = self.steps if steps is None else steps
+        text = {}
         if prompt is not None:
             if tokens is not None:
                 raise ValueError("give a prompt or tokens, not both")
-            tokens = self.prompt_tokens(prompt, n)[0]
-        cond = self._cond(n, labels, tokens, classifier)
-        if guidance and labels is None and tokens is None:
+            text = self.encode_prompt(prompt, n)
+        cond = {**self._cond(n, labels, text.pop("tokens", tokens), classifier), **text}
+        if guidance and labels is None and not cond:
             raise ValueError("guidance needs labels or a prompt")
         if classifier is not None:
             if "labels" not in cond and labels is None:
@@ -134,7 +148,8 @@ class Pipeline:
                 report = None if callback is None else (lambda info, s=start: callback({**info, "batch": s}))
                 try:
                     drawn = sample(wrapped, self.process, noise, sampler=sampler or self.sampler, steps=steps,
-                                   prediction=self.prediction, schedule=schedule or self.schedule, cond=part,
+                                   prediction=self.prediction, schedule=self.schedule if schedule is None else schedule, cond=part,
+                                   clip_denoised=self.clip_denoised,
                                    generator=generators, callback=report, **options)
                 except NonFiniteSampleError as e:
                     raise NonFiniteSampleError(self._non_finite_cause(e.share, sampler or self.sampler, guidance),

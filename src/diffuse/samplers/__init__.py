@@ -150,8 +150,10 @@ def sample(model, process: GaussianPath, noise: torch.Tensor | None = None, samp
                 `model.prediction` when the model declares it
     generator   a torch.Generator for the whole batch, or `Generators` (one per sample, e.g.
                 Generators.seeded(seed, start, count)), so a sample does not depend on its batch
-    schedule    a name from `diffuse.samplers.SCHEDULES` ('auto' = the process's default), or an
-                explicit decreasing array of times (starting at t_start when one is given)
+    schedule    a name from `diffuse.samplers.SCHEDULES` ('auto' = the process's default for the
+                sampler: `process.schedule_for(sampler)`), a
+                callable schedule(process, steps, t_start) -> times, or an explicit decreasing
+                array of times (starting at t_start when one is given)
     cond        keyword arguments passed to every model call (labels, text embeddings, ...)
     hook        hook(x, i, t) -> x, called with the state at grid time t_i as step i begins (and with
                 the final sample, i = steps, t = 0); what it returns replaces the state. A sampler
@@ -182,9 +184,9 @@ def sample(model, process: GaussianPath, noise: torch.Tensor | None = None, samp
         raise ValueError(f"{len(generator)} per-sample generators for a batch of {start.shape[0]}")
     if hook is not None and fn is adaptive:
         raise ValueError("the adaptive sampler chooses its own steps; it has no steps for a hook to run between")
-    if steps is None and isinstance(schedule, str):
+    if steps is None and (isinstance(schedule, str) or callable(schedule)):
         steps = 10
-    grid = Grid.from_times(process, make_times(process, schedule, steps, t_start=t_start))
+    grid = Grid.from_times(process, make_times(process, schedule, steps, t_start=t_start, sampler=sampler))
     if grid.a(0) == 0 and prediction in ("eps", "score"):
         raise ValueError(f"at t={float(grid.t[0])} the process has zero SNR, where an {prediction!r} "
                          "prediction cannot recover x0; use a v, x0 or velocity model, or start at t < 1")

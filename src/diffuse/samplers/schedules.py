@@ -10,9 +10,10 @@ way and begins exactly at t_start.
   log_snr   uniform in log-SNR (DPM-Solver's 'logSNR' spacing)
   karras    uniform in rho^(1/r), rho = sigma/alpha, r = 7 (Karras et al. 2022, eq. 5)
   leading, trailing, linspace
-            the integer timestep spacings of discrete DDPM schedules (as in DDIM and Lin et al.
-            2024, table 2), mapped to t = (n + 1) / N
-  an explicit array of times
+            the integer timestep spacings of discrete DDPM schedules, as diffusers' multistep
+            solvers space them (Lin et al. 2024, table 2), mapped to t = (n + 1) / N
+  a callable schedule(process, steps, t_start) -> times (e.g. a pretrained model's own,
+            diffuse.interop), or an explicit array of times
 """
 
 from __future__ import annotations
@@ -49,17 +50,28 @@ def karras(process: GaussianPath, steps: int, t_start: float, rho: float = 7.0) 
 
 
 def discrete_timesteps(num_train_steps: int, steps: int, spacing: str, offset: int = 0) -> np.ndarray:
-    """Integer DDPM timesteps, descending, for the three spacings in common use."""
-    if steps > num_train_steps:
-        raise ValueError(f"{steps} steps exceed the {num_train_steps} steps of the discrete schedule")
+    """Integer DDPM timesteps, descending, for the three spacings in common use.
+
+    As in diffusers' multistep solvers (DPMSolverMultistepScheduler, UniPC, DEIS), whose loops
+    end, like every sampler here, with a step to clean data: 'leading' and 'linspace' space
+    steps + 1 points down to timestep 0 and drop that last one, which the final step replaces;
+    'trailing' counts down from the last training step in strides of N / steps. (diffusers'
+    DDIM and Euler schedulers space `steps` points and keep timestep 0, spending their last
+    evaluation at alpha_bar = 1 - beta_0; pass their timesteps as explicit times to reproduce
+    them: diffuse.interop.scheduler_times.)
+    """
+    if spacing not in ("leading", "trailing", "linspace"):
+        raise ValueError(f"unknown spacing {spacing!r}")
+    most = num_train_steps if spacing == "trailing" else num_train_steps - 1
+    if steps > most:
+        raise ValueError(f"{steps} steps exceed the {most} that the {spacing!r} spacing of a "
+                         f"{num_train_steps}-step discrete schedule has")
     if spacing == "leading":
-        n = np.arange(steps) * (num_train_steps // steps) + offset
+        n = np.arange(1, steps + 1) * (num_train_steps // (steps + 1)) + offset
     elif spacing == "trailing":
         n = np.round(np.arange(num_train_steps, 0, -num_train_steps / steps))[::-1] - 1
-    elif spacing == "linspace":
-        n = np.round(np.linspace(0, num_train_steps - 1, steps))
     else:
-        raise ValueError(f"unknown spacing {spacing!r}")
+        n = np.round(np.linspace(0, num_train_steps - 1, steps + 1))[1:]
     return n[::-1].astype(np.int64).copy()
 
 
@@ -94,23 +106,24 @@ SCHEDULES = {
 
 
 def make_times(process: GaussianPath, schedule="auto", steps: int | None = None, t_start: float | None = None,
-               **options) -> torch.Tensor:
+               sampler: str | None = None, **options) -> torch.Tensor:
     """The sampling times for a named schedule (from t_start, by default the process's t_max), or a
-    validated explicit array of times."""
+    validated explicit array of times. 'auto' is the process's default for `sampler`."""
     if t_start is not None:
         t_start = float(t_start)
         if not process.t_min < t_start <= process.t_max:
             raise ValueError(f"t_start must lie in ({process.t_min:g}, {process.t_max:g}], the process's "
                              f"sampling range, got {t_start}")
-    if isinstance(schedule, str):
-        name = process.default_schedule if schedule == "auto" else schedule
-        if name not in SCHEDULES:
+    if isinstance(schedule, str) or callable(schedule):
+        name = process.schedule_for(sampler) if schedule == "auto" else schedule
+        if isinstance(name, str) and name not in SCHEDULES:
             raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)} "
                              "or pass an array of times")
         if isinstance(steps, bool) or steps is None or int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         start = process.t_max if t_start is None else t_start
-        times = SCHEDULES[name](process, int(steps), start, **options).to(_f64)
+        times = torch.as_tensor((SCHEDULES.get(name) if isinstance(name, str) else name)(
+            process, int(steps), start, **options)).to(_f64)
         if t_start is not None:  # exactly where the given state is, not its round trip through sigma/alpha
             times[0] = t_start
     else:

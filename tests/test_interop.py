@@ -1,0 +1,364 @@
+"""Pretrained diffusers models through our samplers: tiny random models and pipelines are built
+here, saved with save_pretrained, read back with diffuse.from_diffusers, and sampled by our code
+and by diffusers' own pipelines from the same noise (and prompt) to float tolerance.
+
+The tolerance: both sides run the same float32 network on the same inputs; what differs is the
+arithmetic of the updates (ours in float64 coefficients, diffusers' float32 tables), observed
+at ~1e-6, so 1e-4 is far below any real discrepancy (a wrong timestep or guidance sign moves a
+sample of these random networks by 1e-2 or more).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import diffuse
+from diffuse.guidance import ClassifierFreeGuidance
+from diffuse.interop import FlowMatchSchedule, read_scheduler, scheduler_times
+from diffuse.interop.diffusers import SD3, Flux
+from diffuse.samplers import Generators
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+WORDS = ["a", "photo", "of", "red", "blue", "cat", "dog", "circle"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny_clip(folder, projection: bool = False):
+    """A CLIP tokenizer over WORDS (with the merges that spell each word) and a random 2-layer
+    CLIP text encoder, both written to `folder` as a model hub would hold them."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    vocab, merges = {"<|startoftext|>": 0, "<|endoftext|>": 1}, []
+    for word in WORDS:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        for p in parts:
+            vocab.setdefault(p, len(vocab))
+        while len(parts) > 1:
+            merges.append(f"{parts[0]} {parts[1]}")
+            parts = [parts[0] + parts[1]] + parts[2:]
+            vocab.setdefault(parts[0], len(vocab))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                            pad_token_id=1, projection_dim=32)
+    encoder = (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+    return tokenizer, encoder.eval()
+
+
+def tiny_vae():
+    return diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(4, 8),
+                                   latent_channels=4, norm_num_groups=2, sample_size=16)
+
+
+def ddpm_config(**changes) -> dict:
+    return {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False,
+            "num_train_timesteps": 1000, **changes}
+
+
+def config_of(sched) -> dict:
+    """A scheduler's config as its scheduler_config.json holds it."""
+    return {**sched.config, "_class_name": type(sched).__name__}
+
+
+def y_units(sched) -> float:
+    """What diffusers' loop multiplies our VP start x ~ N(0, I) by to get its own start.
+
+    Euler-type schedulers keep y = x / alpha and start from noise * init_noise_sigma, which with
+    the trailing and linspace spacings is sigma_max rather than the prior's sqrt(1 + sigma_max^2)
+    (y = x0 / 1 + sigma eps, the data's part dropped): a 0.2% smaller start on SD's schedule.
+    The tests give diffusers the start that is ours, (noise / alpha_max) / init_noise_sigma.
+    """
+    sched.set_timesteps(2)
+    if type(sched).__name__ != "EulerDiscreteScheduler":
+        return 1.0
+    sigma_max = float(sched.sigmas[0])
+    return (1 + sigma_max**2) ** 0.5 / float(sched.init_noise_sigma)
+
+
+def diffusers_loop(net_call, sched, noise, steps: int):
+    """The denoising loop every diffusers pipeline runs (scale_model_input, network, step), from
+    our start `noise`."""
+    noise = noise * y_units(sched)
+    sched.set_timesteps(steps)
+    x = noise * sched.init_noise_sigma
+    for t in sched.timesteps:
+        x = sched.step(net_call(sched.scale_model_input(x, t), t), t, x).prev_sample
+    return x
+
+
+# ------------------------------------------------------------------------------------------------
+# Scheduler configs
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", [
+    dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02),
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+    dict(beta_schedule="squaredcos_cap_v2"),
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True),
+])
+def test_ddpm_family_configs_are_the_discrete_process(config):
+    sched = diffusers.DDIMScheduler(**config)
+    spec = read_scheduler(config_of(sched))
+    torch.testing.assert_close(spec.process.alphas_cumprod, sched.alphas_cumprod.double(), rtol=1e-5, atol=1e-6)
+    assert spec.prediction == "eps" and spec.name == "DDIMScheduler"
+    # the network's timestep for our t = (n + 1) / N is n
+    n = torch.tensor([0.0, 17.0, 999.0], dtype=torch.float64)
+    assert torch.equal(spec.timestep(spec.process.timestep_to_t(n)), n)
+    if config.get("rescale_betas_zero_snr"):
+        assert spec.process.schedule_for("dpmpp_2m") == "trailing"
+
+
+def test_scheduler_config_options():
+    betas = torch.linspace(1e-4, 0.02, 50, dtype=torch.float64)
+    spec = read_scheduler(config_of(diffusers.DDPMScheduler(trained_betas=betas.numpy(), num_train_timesteps=50,
+                                                            prediction_type="v_prediction", clip_sample=True,
+                                                            clip_sample_range=2.0)))
+    torch.testing.assert_close(spec.process.betas, betas)
+    assert (spec.prediction, spec.clip_sample) == ("v", 2.0)
+    assert read_scheduler(ddpm_config(_class_name="X", prediction_type="sample")).prediction == "x0"
+    with pytest.raises(ValueError, match="thresholding"):
+        read_scheduler(ddpm_config(_class_name="DDPMScheduler", thresholding=True))
+    with pytest.raises(ValueError, match="prediction_type"):
+        read_scheduler(ddpm_config(_class_name="DDPMScheduler", prediction_type="score"))
+    with pytest.raises(ValueError, match="neither"):
+        read_scheduler({"_class_name": "ScoreSdeVeScheduler", "sigma_max": 10})
+    with pytest.raises(ValueError, match="_class_name"):
+        read_scheduler({"beta_schedule": "linear"})
+
+
+@pytest.mark.parametrize("options, mu, flux", [
+    (dict(shift=1.0), None, False),
+    (dict(shift=3.0), None, False),                    # SD3
+    (dict(shift=3.0, shift_terminal=0.1), None, False),
+    (dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15), 0.8, True),  # Flux
+])
+@pytest.mark.parametrize("steps", [1, 4, 28])
+def test_flow_match_schedule_is_diffusers_sigmas(options, mu, flux, steps):
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(**options)
+    base = np.linspace(1.0, 1 / steps, steps) if flux else None
+    sched.set_timesteps(steps, sigmas=base, mu=mu)
+    seq_len = None
+    if mu is not None:  # the sequence length whose linear map gives this mu
+        seq_len = 256 + (mu - 0.5) / (1.15 - 0.5) * (4096 - 256)
+    spec = read_scheduler(config_of(sched), image_seq_len=seq_len, pipeline="FluxPipeline" if flux else "")
+    assert isinstance(spec.process, diffuse.Flow) and spec.prediction == "velocity"
+    times = diffuse.samplers.make_times(spec.process, spec.schedule, steps)
+    if torch.isnan(sched.sigmas).any():  # diffusers divides by zero stretching a single step
+        assert steps == 1 and times.tolist() == [1.0]
+        return
+    torch.testing.assert_close(times, sched.sigmas[:-1].double(), rtol=1e-6, atol=1e-6)
+    assert float(sched.sigmas[-1]) == 0.0  # as our final step
+    torch.testing.assert_close(spec.timestep(times).float(), sched.timesteps, rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pixel-space U-Net: DDIM, Euler, DPM-Solver++(2M)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unet_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4,
+                                 attention_head_dim=8)
+    folder = tmp_path_factory.mktemp("ddpm")
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(**ddpm_config())).save_pretrained(folder)
+    return folder
+
+
+SOLVERS = {
+    # ours, diffusers' scheduler; the spacing is trailing, where both visit the same integer timesteps
+    "ddim": lambda c: diffusers.DDIMScheduler.from_config(c, timestep_spacing="trailing", set_alpha_to_one=True),
+    "euler": lambda c: diffusers.EulerDiscreteScheduler.from_config(c, timestep_spacing="trailing"),
+    "dpmpp_2m": lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c, timestep_spacing="trailing"),
+}
+
+
+@pytest.mark.parametrize("sampler", list(SOLVERS))
+@pytest.mark.parametrize("steps", [4, 10])
+def test_unet2d_samples_match_diffusers(unet_folder, sampler, steps):
+    pipeline = diffuse.from_diffusers(unet_folder)
+    assert pipeline.shape == (3, 8, 8) and pipeline.prediction == "eps" and pipeline.codec is None
+    noise = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours = diffuse.sample(pipeline.model, pipeline.process, noise, sampler=sampler, steps=steps, schedule="trailing")
+    unet = pipeline.model.net
+    sched = SOLVERS[sampler](diffusers.DDPMScheduler.from_pretrained(unet_folder / "scheduler").config)
+    theirs = diffusers_loop(lambda x, t: unet(x, t).sample, sched, noise, steps)
+    torch.testing.assert_close(ours, theirs, **TOL)
+
+
+def test_ddim_with_diffusers_own_spacing_and_pipeline_sample(unet_folder):
+    """DDIM's leading spacing (which keeps timestep 0) as explicit times; Pipeline.sample draws
+    sample k from Generators.seeded(seed, k) alone."""
+    pipeline = diffuse.from_diffusers(unet_folder)
+    sched = diffusers.DDIMScheduler.from_pretrained(unet_folder / "scheduler", set_alpha_to_one=True)
+    sched.set_timesteps(6)
+    times = scheduler_times(pipeline.process, sched.timesteps)
+    noise = Generators.seeded(3, 0, 2).randn((3, 8, 8))
+    ours = pipeline.sample(2, sampler="ddim", schedule=times, steps=6, seed=3)
+    unet = pipeline.model.net
+    theirs = diffusers_loop(lambda x, t: unet(x, t).sample, sched, noise, 6)
+    torch.testing.assert_close(ours, theirs, **TOL)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stable-Diffusion-style: text through CLIP, latents through the VAE, classifier-free guidance
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("sd")
+    tokenizer, encoder = tiny_clip(folder / "raw-tokenizer")
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(4, 8), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=2, attention_head_dim=2)
+    config = ddpm_config(timestep_spacing="trailing")
+    config.pop("clip_sample")
+    sched = diffusers.EulerDiscreteScheduler(**config)
+    pipe = diffusers.StableDiffusionPipeline(vae=tiny_vae(), text_encoder=encoder, tokenizer=tokenizer, unet=unet,
+                                             scheduler=sched, safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)
+    pipe.save_pretrained(folder / "pipe")
+    return folder / "pipe"
+
+
+@pytest.mark.parametrize("sampler, scheduler", [
+    ("euler", diffusers.EulerDiscreteScheduler),
+    ("dpmpp_2m", diffusers.DPMSolverMultistepScheduler),
+    ("ddim", diffusers.DDIMScheduler),
+])
+@pytest.mark.parametrize("guidance", [0.0, 3.0])
+def test_stable_diffusion_matches_its_pipeline(sd_folder, sampler, scheduler, guidance):
+    pipeline = diffuse.from_diffusers(sd_folder)
+    assert pipeline.shape == (3, 16, 16) and pipeline.draw_shape == (4, 8, 8)
+    prompts = ["a photo of a red cat", "a blue dog"]
+    ours = pipeline.sample(2, prompt=prompts, guidance=guidance, sampler=sampler, steps=5, schedule="trailing",
+                           seed=4)
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(sd_folder)
+    pipe.scheduler = scheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing",
+                                           **({"set_alpha_to_one": True, "clip_sample": False} if scheduler is diffusers.DDIMScheduler else {}))
+    pipe.set_progress_bar_config(disable=True)
+    noise = Generators.seeded(4, 0, 2).randn(pipeline.draw_shape)
+    latents = pipe(prompts, num_inference_steps=5, guidance_scale=1 + guidance, latents=noise * y_units(pipe.scheduler),
+                   output_type="latent").images
+    theirs = pipeline.codec.decode(latents)
+    torch.testing.assert_close(ours, theirs, **TOL)
+    if guidance:  # guidance changed the samples, and the prompt matters
+        plain = pipeline.sample(2, prompt=prompts, sampler=sampler, steps=5, schedule="trailing", seed=4)
+        assert (plain - ours).abs().max() > 1e-3
+    other = pipeline.sample(2, prompt="a circle", guidance=guidance, sampler=sampler, steps=5, schedule="trailing",
+                            seed=4)
+    assert (other - ours).abs().max() > 1e-3
+
+
+def test_stable_diffusion_codec_round_trip_and_errors(sd_folder, tmp_path):
+    pipeline = diffuse.from_diffusers(sd_folder)
+    vae = pipeline.codec.vae
+    z = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(pipeline.codec.decode(z), vae.decode(z / vae.config.scaling_factor).sample)
+    with pytest.raises(FileNotFoundError, match="not a diffusers pipeline folder"):
+        diffuse.from_diffusers(tmp_path)
+    (tmp_path / "model_index.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        diffuse.from_diffusers(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# DiT (class labels), SD3 and Flux (flow matching)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_dit_matches_its_pipeline(tmp_path):
+    dit = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                          out_channels=8, num_layers=1, sample_size=8, patch_size=2,
+                                          num_embeds_ada_norm=1000, norm_num_groups=1)  # DiTPipeline's null is 1000
+    sched = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", timestep_spacing="trailing")
+    diffusers.DiTPipeline(transformer=dit, vae=tiny_vae(), scheduler=sched).save_pretrained(tmp_path)
+    pipeline = diffuse.from_diffusers(tmp_path)
+    assert pipeline.num_classes == 1000 and pipeline.draw_shape == (4, 8, 8)
+    labels = torch.tensor([3, 7])
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    model = ClassifierFreeGuidance(pipeline.model, 1.5, null_label=1000)
+    ours = diffuse.sample(model, pipeline.process, noise, sampler="dpmpp_2m", steps=6, schedule="trailing",
+                          cond={"labels": labels})
+    pipe = diffusers.DiTPipeline.from_pretrained(tmp_path)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(class_labels=labels.tolist(), guidance_scale=2.5, num_inference_steps=6,
+                  generator=torch.Generator().manual_seed(5), output_type="pt").images
+    # the pipeline returns (decoded / 2 + 0.5).clamp(0, 1); the tiny random VAE stays inside (0, 1)
+    mine = (pipeline.codec.decode(ours) / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(mine, theirs, **TOL)
+
+
+def flow_pipeline_output(pipe, steps, noise, embeds, pooled, guidance, **extra):
+    null = torch.zeros_like(embeds), torch.zeros_like(pooled)
+    return pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=null[0],
+                negative_pooled_prompt_embeds=null[1], num_inference_steps=steps, guidance_scale=1 + guidance,
+                latents=noise, output_type="latent", **extra).images
+
+
+def test_sd3_transformer_matches_its_pipeline():
+    net = diffusers.SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1,
+                                          attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                          caption_projection_dim=16, pooled_projection_dim=24, out_channels=4,
+                                          pos_embed_max_size=16).eval()
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe = diffusers.StableDiffusion3Pipeline(transformer=net, scheduler=sched, vae=tiny_vae(), text_encoder=None,
+                                              tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                                              text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    spec = read_scheduler(config_of(sched))
+    model = SD3(net, spec)
+    embeds, pooled = torch.randn(2, 7, 32), torch.randn(2, 24)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    guided = ClassifierFreeGuidance(model, 2.0, null={"encoder_hidden_states": torch.zeros(7, 32),
+                                                      "pooled_projections": torch.zeros(24)})
+    ours = diffuse.sample(guided, spec.process, noise, sampler="euler", steps=5, schedule=spec.schedule,
+                          cond={"encoder_hidden_states": embeds, "pooled_projections": pooled})
+    theirs = flow_pipeline_output(pipe, 5, noise, embeds, pooled, 2.0)
+    torch.testing.assert_close(ours, theirs, **TOL)
+
+
+def test_flux_transformer_matches_its_pipeline():
+    net = diffusers.FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                           attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                           pooled_projection_dim=24, axes_dims_rope=(2, 2, 4),
+                                           guidance_embeds=True).eval()
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+    pipe = diffusers.FluxPipeline(transformer=net, scheduler=sched, vae=tiny_vae(), text_encoder=None,
+                                  tokenizer=None, text_encoder_2=None, tokenizer_2=None)
+    pipe.set_progress_bar_config(disable=True)
+    # the pipeline's latents are 8x8 (16x16 images, VAE factor 2): 4x4 = 16 tokens of 2x2 patches
+    spec = read_scheduler(config_of(sched), image_seq_len=16, pipeline="FluxPipeline")
+    assert isinstance(spec.schedule, FlowMatchSchedule) and spec.schedule.end == "steps"
+    model = Flux(net, spec)
+    embeds, pooled = torch.randn(1, 7, 32), torch.randn(1, 24)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    ours = diffuse.sample(model, spec.process, noise, sampler="euler", steps=4, schedule=spec.schedule,
+                          cond={"encoder_hidden_states": embeds, "pooled_projections": pooled})
+    packed = noise.view(1, 4, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 16, 16)
+    theirs = pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_inference_steps=4, guidance_scale=3.5,
+                  latents=packed, height=16, width=16, output_type="latent").images
+    theirs = theirs.view(1, 4, 4, 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 4, 8, 8)
+    torch.testing.assert_close(ours, theirs, **TOL)
