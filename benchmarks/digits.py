@@ -83,9 +83,10 @@ def peer_network(shape, num_classes: int):
                        layers_per_block=2, num_class_embeds=num_classes, norm_num_groups=32)
 
 
-def run_peer(data: str, cpu_minutes: float, labels: torch.Tensor, nfe: int, batch_size: int,
-             fixed_steps: int | None, seed: int = 0):
-    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+def train_peer(data: str, cpu_minutes: float, batch_size: int, fixed_steps: int | None, seed: int = 0):
+    """diffusers' standard recipe (see the module docstring) -> (EMA network in eval mode, its
+    DDPMScheduler, the training's Spent)."""
+    from diffusers import DDPMScheduler
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
@@ -118,13 +119,21 @@ def run_peer(data: str, cpu_minutes: float, labels: torch.Tensor, nfe: int, batc
 
     spent = train_budgeted(step, cpu_minutes, set_horizon, fixed_steps)
     ema.copy_to(net.parameters())
-    net.eval()
+    return net.eval(), scheduler, spent
+
+
+def run_peer(data: str, cpu_minutes: float, labels: torch.Tensor, nfe: int, batch_size: int,
+             fixed_steps: int | None, seed: int = 0):
+    from diffusers import DPMSolverMultistepScheduler
+
+    net, scheduler, spent = train_peer(data, cpu_minutes, batch_size, fixed_steps, seed)
+    shape = load_dataset(data, "test").shape
 
     @torch.no_grad()
     def draw():
         sampler = DPMSolverMultistepScheduler.from_config(scheduler.config)
         sampler.set_timesteps(nfe)
-        noise = Generators.seeded(1, 0, len(labels)).randn(train.shape) * sampler.init_noise_sigma  # ours, too
+        noise = Generators.seeded(1, 0, len(labels)).randn(shape) * sampler.init_noise_sigma  # ours, too
         out = []
         for start in range(0, len(labels), 500):
             y, x = labels[start:start + 500], noise[start:start + 500]

@@ -294,9 +294,9 @@ def run_our_defaults(mix, process, noise, budgets):
                                           return_nfe=True)[1]
         for budget in budgets:
             steps = fit_steps(nfe_of, budget)
-            times = make_times(process, "auto", steps, sampler=sampler)
+            times = make_times(process, "auto", steps)
             x, nfe = diffuse.sample(model, process, noise, sampler=sampler, steps=steps, return_nfe=True)
-            runs.append(Run("ours", f"{sampler} ({process.schedule_for(sampler)})", budget, nfe, x.to(F64),
+            runs.append(Run("ours", f"{sampler} ({process.default_schedule})", budget, nfe, x.to(F64),
                             1 / float(process.alpha(times[0])), rho(times[0]), rho(times[-1]), True,
                             rho(process.t_min)))
     return runs

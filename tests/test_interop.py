@@ -20,6 +20,7 @@ import diffuse
 from diffuse.guidance import ClassifierFreeGuidance
 from diffuse.interop import FlowMatchSchedule, read_scheduler, scheduler_times
 from diffuse.interop.diffusers import SD3, Flux
+from diffuse.likelihood import log_likelihood
 from diffuse.samplers import Generators
 
 diffusers = pytest.importorskip("diffusers")
@@ -121,7 +122,7 @@ def test_ddpm_family_configs_are_the_discrete_process(config):
     n = torch.tensor([0.0, 17.0, 999.0], dtype=torch.float64)
     assert torch.equal(spec.timestep(spec.process.timestep_to_t(n)), n)
     if config.get("rescale_betas_zero_snr"):
-        assert spec.process.schedule_for("dpmpp_2m") == "trailing"
+        assert spec.process.default_schedule == "trailing"
 
 
 def test_scheduler_config_options():
@@ -362,3 +363,147 @@ def test_flux_transformer_matches_its_pipeline():
                   latents=packed, height=16, width=16, output_type="latent").images
     theirs = theirs.view(1, 4, 4, 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 4, 8, 8)
     torch.testing.assert_close(ours, theirs, **TOL)
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line and diffuse.load
+# ------------------------------------------------------------------------------------------------
+
+
+def test_cli_samples_a_diffusers_folder(tmp_path, capsys):
+    from diffuse.cli import main
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                                 layers_per_block=1, down_block_types=("DownBlock2D",) * 2,
+                                 up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, num_class_embeds=10)
+    folder = tmp_path / "peer"
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(folder)
+    assert diffuse.load(folder).num_classes == 10
+    assert main(["sample", str(folder), "--n", "6", "--labels", "0-9", "--steps", "3", "--sampler", "unipc",
+                 "--out", str(tmp_path / "grid.npz")]) == 0
+    stored = np.load(tmp_path / "grid.npz")
+    assert stored["images"].shape == (6, 8, 8) and stored["labels"].tolist() == [0, 1, 2, 3, 4, 5]
+    # the same samples as the library's call with the same seed
+    again = diffuse.load(folder).sample(6, labels=torch.arange(6), steps=3, sampler="unipc")
+    np.testing.assert_allclose(stored["images"], ((again[:, 0] + 1) / 2).clamp(0, 1).numpy(), atol=1e-6)
+    assert main(["eval", str(folder), "--n", "4"]) == 1
+    assert "give --data NAME" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# Single-file checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def ldm_keys(unet: dict, vae: dict, text: dict, layers: int, levels: int, vae_levels: int,
+             attention_levels: set) -> dict:
+    """A diffusers SD pipeline's weights under the original latent-diffusion key names, to make a
+    single-file checkpoint in the test (what such files on disk hold): the U-Net's blocks as
+    input_blocks / middle_block / output_blocks, the VAE's as down / mid / up (its up blocks
+    numbered in reverse, its attention as 1x1 convolutions), the CLIP text model under text_model."""
+    def renamed(state, renames):
+        out = {}
+        for key, value in state.items():
+            for new, old in renames:
+                key = key.replace(old, new)
+            out[key] = value
+        return out
+
+    resnet = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_layers.0", "norm2"),
+              ("out_layers.3", "conv2"), ("emb_layers.1", "time_emb_proj"), ("skip_connection", "conv_shortcut")]
+    blocks = [("time_embed.0.", "time_embedding.linear_1."), ("time_embed.2.", "time_embedding.linear_2."),
+              ("input_blocks.0.0.", "conv_in."), ("out.0.", "conv_norm_out."), ("out.2.", "conv_out."),
+              ("middle_block.1.", "mid_block.attentions.0.")]
+    blocks += [(f"middle_block.{2 * j}.", f"mid_block.resnets.{j}.") for j in range(2)]
+    for i in range(levels):
+        for j in range(layers):
+            blocks.append((f"input_blocks.{i * (layers + 1) + j + 1}.0.", f"down_blocks.{i}.resnets.{j}."))
+            blocks.append((f"input_blocks.{i * (layers + 1) + j + 1}.1.", f"down_blocks.{i}.attentions.{j}."))
+        blocks.append((f"input_blocks.{(i + 1) * (layers + 1)}.0.op.", f"down_blocks.{i}.downsamplers.0.conv."))
+        for j in range(layers + 1):
+            blocks.append((f"output_blocks.{i * (layers + 1) + j}.0.", f"up_blocks.{i}.resnets.{j}."))
+            blocks.append((f"output_blocks.{i * (layers + 1) + j}.1.", f"up_blocks.{i}.attentions.{j}."))
+        upsampler = 2 if (levels - 1 - i) in attention_levels else 1
+        blocks.append((f"output_blocks.{i * (layers + 1) + layers}.{upsampler}.", f"up_blocks.{i}.upsamplers.0."))
+    unet = {**renamed({k: v for k, v in unet.items() if "resnets" in k}, resnet),
+            **{k: v for k, v in unet.items() if "resnets" not in k}}
+    unet = renamed(unet, blocks)
+
+    vae_names = [("nin_shortcut", "conv_shortcut"), ("norm_out", "conv_norm_out"), ("mid.attn_1.", "mid_block.attentions.0."),
+                 ("mid.attn_1.norm.", "mid.attn_1.group_norm."), ("mid.attn_1.q.", "mid.attn_1.to_q."),
+                 ("mid.attn_1.k.", "mid.attn_1.to_k."), ("mid.attn_1.v.", "mid.attn_1.to_v."),
+                 ("mid.attn_1.proj_out.", "mid.attn_1.to_out.0.")]
+    vae_names += [(f"mid.block_{j + 1}.", f"mid_block.resnets.{j}.") for j in range(2)]
+    for i in range(vae_levels):
+        vae_names += [(f"encoder.down.{i}.block.{j}.", f"encoder.down_blocks.{i}.resnets.{j}.") for j in range(layers)]
+        vae_names += [(f"decoder.up.{vae_levels - 1 - i}.block.{j}.", f"decoder.up_blocks.{i}.resnets.{j}.")
+                      for j in range(layers + 1)]
+        vae_names += [(f"down.{i}.downsample.", f"down_blocks.{i}.downsamplers.0."),
+                      (f"up.{vae_levels - 1 - i}.upsample.", f"up_blocks.{i}.upsamplers.0.")]
+    vae = renamed(vae, vae_names)
+    vae = {k: v[:, :, None, None] if "mid.attn_1." in k and k.endswith("weight") and v.ndim == 2 else v
+           for k, v in vae.items()}
+    return {**{"model.diffusion_model." + k: v for k, v in unet.items()},
+            **{"first_stage_model." + k: v for k, v in vae.items()},
+            # SD 1's files hold transformers' older CLIPTextModel layout, all under text_model.
+            **{"cond_stage_model.transformer." + ("" if k.startswith("text_model.") else "text_model.") + k: v
+               for k, v in text.items()}}
+
+
+def test_single_file_checkpoint_loads_through_the_same_path(tmp_path):
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    tokenizer, encoder = tiny_clip(tmp_path / "raw-tokenizer")
+    # Stable Diffusion 1's layout, narrow: 4 levels, 2 layers, cross-attention on the first three
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=32, norm_num_groups=4, attention_head_dim=2)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(4, 8),
+                                  latent_channels=4, norm_num_groups=2, sample_size=16, layers_per_block=2)
+    config = ddpm_config(timestep_spacing="trailing")
+    config.pop("clip_sample")
+    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet,
+                                             scheduler=diffusers.EulerDiscreteScheduler(**config), safety_checker=None,
+                                             feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(tmp_path / "folder")
+    state = ldm_keys(unet.state_dict(), vae.state_dict(), encoder.state_dict(), layers=2, levels=4, vae_levels=2,
+                     attention_levels={0, 1, 2})
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "model.safetensors")
+
+    single = diffuse.from_diffusers(tmp_path / "model.safetensors", config=tmp_path / "folder")
+    folder = diffuse.from_diffusers(tmp_path / "folder")
+    ours = single.sample(2, prompt="a red cat", guidance=2.0, sampler="dpmpp_2m", steps=4, seed=2)
+    torch.testing.assert_close(ours, folder.sample(2, prompt="a red cat", guidance=2.0, sampler="dpmpp_2m",
+                                                   steps=4, seed=2), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="give config=FOLDER"):
+        diffuse.from_diffusers(tmp_path / "model.safetensors")
+    (tmp_path / "model.ckpt").write_bytes(b"\x80\x04")
+    with pytest.raises(ValueError, match="pickled"):
+        diffuse.from_diffusers(tmp_path / "model.ckpt", config=tmp_path / "folder")
+
+
+def test_every_sampler_and_the_likelihood_run_on_a_diffusers_model(tmp_path):
+    """The wrapped network is a model like any other: every sampler samples it (the ODE samplers
+    converging to one endpoint as their steps grow) and the probability-flow likelihood of our
+    own core integrates it (exact divergence, 16 dimensions)."""
+    unet = diffusers.UNet2DModel(sample_size=4, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                                 layers_per_block=1, down_block_types=("DownBlock2D",) * 2,
+                                 up_block_types=("UpBlock2D",) * 2, norm_num_groups=4)
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(clip_sample=False)).save_pretrained(tmp_path)
+    pipeline = diffuse.from_diffusers(tmp_path)
+    for sampler in diffuse.samplers.available():
+        x = pipeline.sample(3, sampler=sampler, steps=4, seed=1)
+        assert x.shape == (3, 1, 4, 4) and torch.isfinite(x).all(), sampler
+        assert torch.equal(x, pipeline.sample(3, sampler=sampler, steps=4, seed=1)), sampler
+    # An untrained network's x0 estimates are in the hundreds (eps / alpha at the top): the ODE
+    # samplers agree at 300 steps to a small part of that scale (first-order DDIM: 2e-3; at 50
+    # steps it is 1e-2 off).
+    ends = {s: pipeline.sample(2, sampler=s, steps=300, seed=1) for s in ("ddim", "dpmpp_2m", "unipc", "heun")}
+    scale = float(ends["dpmpp_2m"].abs().max())
+    for s, x in ends.items():
+        assert float((x - ends["dpmpp_2m"]).abs().max()) < 3e-3 * scale, s
+    images = pipeline.sample(2, sampler="dpmpp_2m", steps=20, seed=3)
+    out = log_likelihood(pipeline.model, pipeline.process, images, divergence="exact", rtol=1e-4, atol=1e-4)
+    assert out["log_prob"].shape == (2,) and torch.isfinite(out["log_prob"]).all()

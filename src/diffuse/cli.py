@@ -301,18 +301,21 @@ def _sample(args, given: dict) -> int:
 
     out = check_out(args.out, (".png", ".npz"))
     label_list = parse_labels(args.labels)
-    pipeline = load(args.run, ema=not args.no_ema, device=args.device or "cpu")
+    pipeline = load(args.run, ema=not args.no_ema, device=args.device or "cpu",
+                    diffusers_config=args.diffusers_config)
     vectors = pipeline.info.modality == "vector"
     if vectors and out.suffix == ".png" and pipeline.shape != (2,):
         raise ValueError(f"this run's data are vectors of shape {list(pipeline.shape)}, not images; a picture "
                          "shows 2-D points only: write them with --out FILE.npz")
     labels = None if label_list is None else torch.tensor([label_list[i % len(label_list)] for i in range(args.n)])
-    tokens = None
-    if args.prompt:
+    tokens = prompt = None
+    if args.prompt and pipeline.prompt_encoder is not None:  # a pretrained pipeline's own text encoder
+        prompt = args.prompt
+    elif args.prompt:
         tokens, unknown = pipeline.prompt_tokens(args.prompt, args.n)
         if unknown:
             print(f"warning: words the model never saw in training are read as unknown: {', '.join(unknown)}")
-    images = pipeline.sample(args.n, labels=labels, tokens=tokens, guidance=args.guidance,
+    images = pipeline.sample(args.n, labels=labels, tokens=tokens, prompt=prompt, guidance=args.guidance,
                              classifier=_classifier(args), classifier_scale=args.classifier_scale,
                              sampler=args.sampler, steps=args.steps, schedule=args.schedule, seed=args.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -341,8 +344,12 @@ def _evaluate(args, given: dict) -> int:
     from .runs import load
 
     out = check_out(args.out, (".json",)) if args.out else None
-    pipeline = load(args.run, ema=not args.no_ema, device=args.device or "cpu")
-    data = pipeline.config.data
+    pipeline = load(args.run, ema=not args.no_ema, device=args.device or "cpu",
+                    diffusers_config=args.diffusers_config)
+    data = args.data or (pipeline.config.data if pipeline.config is not None else None)
+    if data is None:
+        raise ValueError(f"{args.run} is a diffusers folder, with no data set of its own: "
+                         "give --data NAME (e.g. digits) to score its samples against")
     if pipeline.condition("tokens") is not None:
         if args.classifier:
             raise ValueError("--classifier guides towards class labels; this run is conditioned on text")
@@ -430,6 +437,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=number(int, 1),
                           help="number of samples (per split for a text run; default: the split's size)")
     evaluate.add_argument("--out", help="also write the numbers to this JSON file")
+    evaluate.add_argument("--data", help="the data set to score against (default: the run's own; "
+                                         "needed for a diffusers folder)")
     evaluate.set_defaults(handler=_evaluate)
     return parser
 
@@ -484,7 +493,10 @@ def train_parser(commands, argv: list[str]) -> None:
 def sampling_arguments(parser: argparse.ArgumentParser) -> None:
     from .samplers import SCHEDULES, available
 
-    parser.add_argument("run", help="run directory or checkpoint folder")
+    parser.add_argument("run", help="run directory, checkpoint folder, diffusers pipeline folder or single-file "
+                                    "checkpoint (.safetensors, with --diffusers-config)")
+    parser.add_argument("--diffusers-config", help="for a single-file checkpoint: a diffusers folder of the same "
+                                                   "architecture, whose configs and tokenizer it needs")
     parser.add_argument("--sampler", choices=available(), help="default: the run's")
     parser.add_argument("--steps", type=number(int, 1), help="sampler steps (default: the run's)")
     parser.add_argument("--schedule", choices=("auto", *SCHEDULES), help="step schedule (default: the run's)")

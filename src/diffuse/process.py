@@ -54,14 +54,7 @@ class GaussianPath:
 
     t_min: float = 1e-3
     t_max: float = 1.0
-    # The step schedule that 'auto' means, and where one sampler measures best with another
-    # (docs/samplers.md has the measurements behind each choice).
-    default_schedule: str = "uniform"
-    sampler_schedules: dict = {}
-
-    def schedule_for(self, sampler: str) -> str:
-        """The step schedule that schedule='auto' means for `sampler` on this process."""
-        return self.sampler_schedules.get(sampler, self.default_schedule)
+    default_schedule: str = "uniform"  # what schedule='auto' means
 
     # -- the two functions that define a process -------------------------------------------------
     def alpha(self, t) -> torch.Tensor:
@@ -262,12 +255,11 @@ class DiscreteVP(VP):
     sampler still sees a smooth, strictly decreasing log-SNR.
     """
 
-    # The trailing spacing (as diffusers recommends) measured no worse than diffusers' default on
-    # every sampler and beta schedule tried; uniform log-SNR is better on linear betas but wastes its
-    # steps where the top log-SNR is extreme (cosine betas: -19.8). Heun's second stage does better
-    # on the leading spacing's less extreme first step. (docs/samplers.md, benchmarks/samplers.py.)
+    # The trailing spacing (as diffusers recommends) for every sampler: from t = 1 at any number of
+    # steps and on every beta schedule. Uniform log-SNR is better on linear betas but wastes its
+    # steps where the top log-SNR is extreme (cosine betas: -19.8); the leading spacing starts far
+    # below the top at many steps (200 steps: timestep 800). docs/interop.md has the measurements.
     default_schedule = "trailing"
-    sampler_schedules = {"heun": "leading", "ddim": "leading", "euler": "leading"}
 
     def __init__(self, betas, rescale_zero_terminal_snr: bool = False):
         betas = torch.as_tensor(betas, dtype=_f64).flatten()
@@ -278,9 +270,6 @@ class DiscreteVP(VP):
         self.betas = betas
         self.num_steps = betas.numel()
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)
-        if self.alphas_cumprod[-1] == 0:
-            # log-SNR is -inf at t = 1: Lin et al. 2024 sample such schedules on the trailing spacing
-            self.default_schedule, self.sampler_schedules = "trailing", {}
         # Knots of the piecewise-linear log alpha_bar, including the clean end at t = 0.
         self._knots = torch.cat([torch.zeros(1, dtype=_f64), torch.log(self.alphas_cumprod)])
         self.t_min = 1.0 / self.num_steps

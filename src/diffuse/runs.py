@@ -54,11 +54,16 @@ def restore(run, *, ema: bool = True, device="cpu", kind: str | None = None,
     return task, module.to(device).eval(), config, stored
 
 
-def load(run, *, ema: bool = True, device="cpu", autoencoder=None) -> Pipeline:
-    """The sampling pipeline of a diffusion run (a run folder or one of its checkpoints).
+def load(run, *, ema: bool = True, device="cpu", autoencoder=None, diffusers_config=None) -> Pipeline:
+    """The sampling pipeline of a diffusion run (a run folder or one of its checkpoints), or of a
+    local diffusers pipeline folder or single-file checkpoint (`diffuse.from_diffusers`; a single
+    file with `diffusers_config`, the folder of its configs).
 
     A latent model finds its autoencoder where the run recorded it, or at `autoencoder` (a run
     or checkpoint folder) if it moved; it must have the recorded weights' fingerprint."""
+    from .interop import from_diffusers, is_pretrained
+    if is_pretrained(run):
+        return from_diffusers(run, config=diffusers_config, device=device)
     overrides = {"latent": str(autoencoder)} if autoencoder is not None else None
     task, model, config, stored = restore(run, ema=ema, device=device, kind="diffusion", overrides=overrides)
     pipeline = task.pipeline(model)

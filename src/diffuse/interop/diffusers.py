@@ -64,6 +64,12 @@ def is_diffusers_folder(path) -> bool:
     return (Path(path) / "model_index.json").is_file()
 
 
+def is_pretrained(path) -> bool:
+    """A diffusers pipeline folder or a single-file checkpoint (what from_diffusers reads)."""
+    path = Path(path)
+    return is_diffusers_folder(path) or (path.is_file() and path.suffix in (".safetensors", ".ckpt"))
+
+
 # ------------------------------------------------------------------------------------------------
 # The denoiser in our contract
 # ------------------------------------------------------------------------------------------------
@@ -225,21 +231,34 @@ def _image_shape(pipe, net_config, codec) -> tuple[int, int, int]:
     if codec is None:
         return int(net_config.get("in_channels", 3)), size, size
     channels = int(pipe.vae.config.in_channels)
-    if type(pipe).__name__.startswith("Flux"):  # its sample_size is a default, not the latent size
-        size = int(pipe.default_sample_size) * 2
+    if type(pipe).__name__.startswith("Flux"):  # its transformer's sample_size is not the latent size
+        size = int(pipe.default_sample_size)
     return channels, size * codec.factor, size * codec.factor
 
 
-def from_diffusers(path, *, device="cpu", dtype: torch.dtype = torch.float32, variant: str | None = None,
-                   negative_prompt: str = "", height: int | None = None, width: int | None = None) -> Pipeline:
-    """A local diffusers pipeline folder -> Pipeline (see the module docstring).
+def from_diffusers(path, *, config=None, device="cpu", dtype: torch.dtype = torch.float32,
+                   variant: str | None = None, negative_prompt: str = "", height: int | None = None,
+                   width: int | None = None) -> Pipeline:
+    """A local diffusers pipeline folder, or a single-file checkpoint, -> Pipeline (see the
+    module docstring).
 
+    config    for a single-file checkpoint (a Stable-Diffusion-style .safetensors with
+              model.diffusion_model.*, first_stage_model.*, cond_stage_model.* keys): a diffusers
+              folder of the same architecture, whose configs (and tokenizer) are read, not its
+              weights; diffusers maps the checkpoint's keys. A pickled .ckpt is refused.
     dtype     the weights' dtype to run in (float32 by default: fp16 weights are upcast on CPU)
     negative_prompt  the prompt whose embedding classifier-free guidance subtracts
     height, width    the image size sampled (default: the pipeline's own)
     """
     diffusers = _diffusers()
-    folder = Path(path)
+    path = Path(path)
+    folder = path if config is None else Path(config)
+    if path.is_file() and config is None:
+        raise ValueError(f"{path} is a single-file checkpoint: give config=FOLDER (--diffusers-config), a diffusers "
+                         "folder of the same architecture, whose configs and tokenizer it needs (nothing is downloaded)")
+    if path.is_file() and path.suffix != ".safetensors":
+        raise ValueError(f"{path}: only .safetensors checkpoints are read; a pickled checkpoint ({path.suffix}) "
+                         "can run code when loaded")
     index = _read_json(folder / "model_index.json")
     name = next((c for c in ("unet", "transformer") if c in index), None)
     if name is None:
@@ -250,10 +269,14 @@ def from_diffusers(path, *, device="cpu", dtype: torch.dtype = torch.float32, va
     scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
     try:
         with _quiet(diffusers):
-            pipe = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True,
-                                                               variant=_variant(folder, variant))
-    except (OSError, ValueError, EnvironmentError) as e:
-        raise ValueError(f"{folder}: diffusers cannot load this folder: {e}"[:600]) from None
+            if path.is_file():
+                pipe = getattr(diffusers, index["_class_name"]).from_single_file(
+                    str(path), config=str(folder), local_files_only=True)
+            else:
+                pipe = diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True,
+                                                                   variant=_variant(folder, variant))
+    except (OSError, ValueError, KeyError, AttributeError, RuntimeError) as e:
+        raise ValueError(f"{path}: diffusers cannot load it: {e}"[:600]) from None
     pipe.set_progress_bar_config(disable=True)
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
@@ -286,8 +309,8 @@ def from_diffusers(path, *, device="cpu", dtype: torch.dtype = torch.float32, va
         null = encode([negative_prompt])
         conditions += [Condition(k, k, v[0]) for k, v in null.items()]
         prompt_encoder = encode
-    info = DataInfo(folder.name, "image", tuple(shape), class_names, ("x",),
-                    {"name": "diffusers", "path": str(folder.resolve())})
+    info = DataInfo(path.stem, "image", tuple(shape), class_names, ("x",),
+                    {"name": "diffusers", "path": str(path.resolve())})
     sampler, steps = "dpmpp_2m", 20
     return Pipeline(model, info, conditions, sampler=sampler, steps=steps, schedule=spec.schedule,
                     codec=codec, prompt_encoder=prompt_encoder, clip_denoised=spec.clip_sample)

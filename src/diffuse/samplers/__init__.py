@@ -150,8 +150,7 @@ def sample(model, process: GaussianPath, noise: torch.Tensor | None = None, samp
                 `model.prediction` when the model declares it
     generator   a torch.Generator for the whole batch, or `Generators` (one per sample, e.g.
                 Generators.seeded(seed, start, count)), so a sample does not depend on its batch
-    schedule    a name from `diffuse.samplers.SCHEDULES` ('auto' = the process's default for the
-                sampler: `process.schedule_for(sampler)`), a
+    schedule    a name from `diffuse.samplers.SCHEDULES` ('auto' = the process's default), a
                 callable schedule(process, steps, t_start) -> times, or an explicit decreasing
                 array of times (starting at t_start when one is given)
     cond        keyword arguments passed to every model call (labels, text embeddings, ...)
@@ -186,7 +185,7 @@ def sample(model, process: GaussianPath, noise: torch.Tensor | None = None, samp
         raise ValueError("the adaptive sampler chooses its own steps; it has no steps for a hook to run between")
     if steps is None and (isinstance(schedule, str) or callable(schedule)):
         steps = 10
-    grid = Grid.from_times(process, make_times(process, schedule, steps, t_start=t_start, sampler=sampler))
+    grid = Grid.from_times(process, make_times(process, schedule, steps, t_start=t_start))
     if grid.a(0) == 0 and prediction in ("eps", "score"):
         raise ValueError(f"at t={float(grid.t[0])} the process has zero SNR, where an {prediction!r} "
                          "prediction cannot recover x0; use a v, x0 or velocity model, or start at t < 1")

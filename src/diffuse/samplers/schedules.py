@@ -106,16 +106,16 @@ SCHEDULES = {
 
 
 def make_times(process: GaussianPath, schedule="auto", steps: int | None = None, t_start: float | None = None,
-               sampler: str | None = None, **options) -> torch.Tensor:
+               **options) -> torch.Tensor:
     """The sampling times for a named schedule (from t_start, by default the process's t_max), or a
-    validated explicit array of times. 'auto' is the process's default for `sampler`."""
+    validated explicit array of times."""
     if t_start is not None:
         t_start = float(t_start)
         if not process.t_min < t_start <= process.t_max:
             raise ValueError(f"t_start must lie in ({process.t_min:g}, {process.t_max:g}], the process's "
                              f"sampling range, got {t_start}")
     if isinstance(schedule, str) or callable(schedule):
-        name = process.schedule_for(sampler) if schedule == "auto" else schedule
+        name = process.default_schedule if schedule == "auto" else schedule
         if isinstance(name, str) and name not in SCHEDULES:
             raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)} "
                              "or pass an array of times")
