@@ -507,3 +507,75 @@ def test_every_sampler_and_the_likelihood_run_on_a_diffusers_model(tmp_path):
     images = pipeline.sample(2, sampler="dpmpp_2m", steps=20, seed=3)
     out = log_likelihood(pipeline.model, pipeline.process, images, divergence="exact", rtol=1e-4, atol=1e-4)
     assert out["log_prob"].shape == (2,) and torch.isfinite(out["log_prob"]).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Export
+# ------------------------------------------------------------------------------------------------
+
+
+def exportable_run(tmp_path):
+    """A class-conditional digits run with the options a diffusers UNet2DModel + DDPM scheduler
+    can hold, trained a few steps (so that no weight is still at its zero initialisation)."""
+    from _tiny import UNET, digits_config
+    from diffuse.recipes import process_fields
+    from diffuse.training import Engine
+    network = {**UNET, "channels": 16, "num_classes": 10, "middle_blocks": 2, "time_features": "timestep",
+               "norm_groups": 8}
+    config = digits_config("class", network=network, noise_input="timestep", steps=3, **process_fields("ddpm"))
+    Engine(config, tmp_path / "run", progress=False).fit()
+    return tmp_path / "run"
+
+
+def test_export_gives_our_samples_back_in_diffusers(tmp_path, capsys):
+    from diffuse.cli import main
+    run = exportable_run(tmp_path)
+    assert main(["export", str(run), "--to", "diffusers", str(tmp_path / "out")]) == 0
+    ours = diffuse.load(run)
+    unet = diffusers.UNet2DModel.from_pretrained(tmp_path / "out" / "unet").eval()
+    labels = torch.tensor([0, 3, 9])
+    noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(8))
+    # the network itself, at a few timesteps
+    for n in (0, 500, 999):
+        t = ours.process.timestep_to_t(torch.full((3,), float(n)))
+        with torch.no_grad():
+            torch.testing.assert_close(unet(noise, torch.full((3,), n), class_labels=labels).sample,
+                                       ours.model(noise, t, labels=labels), rtol=1e-4, atol=1e-5)
+    # the samples, from the same noise: ours against diffusers' own loop and scheduler
+    mine = diffuse.sample(ours.model, ours.process, noise, sampler="dpmpp_2m", steps=6, cond={"labels": labels})
+    sched = diffusers.DPMSolverMultistepScheduler.from_pretrained(tmp_path / "out" / "scheduler")
+    with torch.no_grad():
+        theirs = diffusers_loop(lambda x, t: unet(x, t, class_labels=labels).sample, sched, noise, 6)
+    torch.testing.assert_close(mine, theirs, **TOL)
+    # and back through from_diffusers: the same pipeline as the run's
+    again = diffuse.from_diffusers(tmp_path / "out")
+    torch.testing.assert_close(again.sample(4, labels=torch.arange(4), steps=5, sampler="unipc"),
+                               ours.sample(4, labels=torch.arange(4), steps=5, sampler="unipc"), **TOL)
+    assert main(["export", str(run), str(tmp_path / "out")]) == 1  # exists
+    assert "exists" in capsys.readouterr().err
+
+
+def test_export_names_what_stands_in_the_way(tmp_path, capsys):
+    from _tiny import digits_config
+    from diffuse.cli import main
+    from diffuse.training import Engine
+    Engine(digits_config(steps=1), tmp_path / "run", progress=False).fit()
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 1
+    message = capsys.readouterr().err
+    for option in ("--process ddpm", "--preconditioning none", "--noise-input timestep", "middle_blocks=2",
+                   'time_features="timestep"'):
+        assert option in message, option
+    assert not (tmp_path / "out").exists()
+
+
+def test_timestep_noise_input_needs_a_discrete_process():
+    from _tiny import digits_config
+    from diffuse.denoiser import Denoiser
+    with pytest.raises(ValueError, match="discrete process"):
+        Denoiser(torch.nn.Identity(), diffuse.VP(), noise_input="timestep")
+    with pytest.raises(ValueError, match="discrete process"):
+        digits_config(noise_input="timestep")  # the default process is EDM's
+    model = Denoiser(lambda x, n, labels=None: n[:, None].expand_as(x), diffuse.VP.from_betas("linear"),
+                     noise_input="timestep")
+    t = model.process.timestep_to_t(torch.tensor([0.0, 999.0]))
+    assert model(torch.zeros(2, 1), t)[:, 0].tolist() == [0.0, 999.0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -329,6 +330,8 @@ def test_build_defaults():
         ({"kind": "unet", "position_code": 1}, "position_code must be true or false"),
         ({"kind": "unet", "channels": 6, "norm_groups": 3, "num_heads": 3, "channel_mults": [1, 1],
           "position_code": True}, "width 6, not divisible by 4 as position_code needs"),
+        ({"kind": "unet", "middle_blocks": 3}, "middle_blocks must be 1 or 2"),
+        ({"kind": "unet", "time_features": "fourier"}, "time_features must be one of"),
     ],
 )
 def test_bad_config_raises(config, message):
@@ -412,3 +415,23 @@ def test_sinusoidal_embedding_rejects_bad_arguments():
         sinusoidal_embedding(torch.zeros(2), 7)
     with pytest.raises(ValueError, match="1-D"):
         sinusoidal_embedding(torch.zeros(2, 1), 8)
+
+
+def test_timestep_features_are_ddpm_s_code():
+    """cos / sin of n * 10000^(-k / half), k = 0 .. half - 1: DDPM's (and diffusers' Timesteps
+    with flip_sin_to_cos), written out for one timestep."""
+    from diffuse.models.embeddings import timestep_embedding
+    n, dim = 37.0, 8
+    frequencies = [10000 ** (-k / 4) for k in range(4)]
+    expected = [math.cos(n * f) for f in frequencies] + [math.sin(n * f) for f in frequencies]
+    torch.testing.assert_close(timestep_embedding(torch.tensor([n]), dim)[0], torch.tensor(expected))
+
+
+def test_unet_with_a_second_middle_block():
+    config = UNetConfig(middle_blocks=2, time_features="timestep", **SMALL_UNET)
+    net = UNet(config)
+    perturb_output(net)
+    x, _ = unet_input(config, 8)
+    out = net(x, torch.tensor([0.0, 500.0, 999.0]))
+    assert out.shape == x.shape and net.middle2 is not None
+    assert sum(p.numel() for p in net.parameters()) > sum(p.numel() for p in UNet(UNetConfig(**SMALL_UNET)).parameters())

@@ -375,6 +375,14 @@ def _evaluate(args, given: dict) -> int:
     return 0
 
 
+def _export(args, given: dict) -> int:
+    from .interop.export import export_diffusers
+
+    out = export_diffusers(args.run, args.out, overwrite=args.overwrite)
+    print(f"wrote {out}: a diffusers DDPMPipeline folder (UNet2DModel + DDPMScheduler)")
+    return 0
+
+
 def _evaluate_captions(args, pipeline, out) -> int:
     """A text model of shapes: exact-caption accuracy on seen and held-out combinations, what the
     rest get wrong first, and the loss with each caption's words bound another way."""
@@ -440,6 +448,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="the data set to score against (default: the run's own; "
                                          "needed for a diffusers folder)")
     evaluate.set_defaults(handler=_evaluate)
+
+    export = commands.add_parser("export", help="write a run as a diffusers pipeline folder (diffusers loads it with "
+                                                "its own classes)")
+    export.add_argument("run", help="run directory or checkpoint folder")
+    export.add_argument("--to", choices=("diffusers",), default="diffusers", help="the format (default: diffusers)")
+    export.add_argument("out", help="the folder to write")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    export.set_defaults(handler=_export)
     return parser
 
 

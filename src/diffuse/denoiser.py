@@ -10,6 +10,10 @@ Gaussian path. In the coordinates y = x/alpha, rho = sigma/alpha (where every pa
 
 which keeps the network's input and its effective training target at unit variance (Karras et al.
 2022, section 5 and appendix B.6). With preconditioning the model predicts x0.
+
+`noise_input="timestep"` tells the network the discrete timestep n = N t - 1 instead, as DDPM
+and diffusers' networks read it (a discrete process only): with no preconditioning such a model is
+a diffusers UNet2DModel with a DDPM scheduler, exactly (diffuse export).
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import torch
 from torch import nn
 
 from .parameterization import check_prediction
-from .process import GaussianPath, _as_time, expand
+from .process import DiscreteVP, GaussianPath, _as_time, expand
 
 # Log-SNR is +-inf at the clean and zero-SNR ends; the network only needs a finite, monotone code.
 _LOG_SNR_LIMIT = 40.0
+
+
+NOISE_INPUTS = ("c_noise", "timestep")
 
 
 def noise_level(process: GaussianPath, t) -> torch.Tensor:
@@ -31,10 +38,14 @@ def noise_level(process: GaussianPath, t) -> torch.Tensor:
 
 class Denoiser(nn.Module):
     def __init__(self, net: nn.Module, process: GaussianPath, prediction: str = "eps",
-                 preconditioning: str = "none", sigma_data: float = 0.5):
+                 preconditioning: str = "none", sigma_data: float = 0.5, noise_input: str = "c_noise"):
         super().__init__()
         if preconditioning not in ("none", "edm"):
             raise ValueError(f"unknown preconditioning {preconditioning!r}; choose 'none' or 'edm'")
+        if noise_input not in NOISE_INPUTS:
+            raise ValueError(f"unknown noise_input {noise_input!r}; choose one of {NOISE_INPUTS}")
+        if noise_input == "timestep" and not isinstance(process, DiscreteVP):
+            raise ValueError(f"noise_input='timestep' needs a discrete process (its timesteps); got {process!r}")
         if preconditioning == "edm" and prediction != "x0":
             raise ValueError("EDM preconditioning makes the model predict x0; "
                              f"got prediction={prediction!r}")
@@ -43,8 +54,11 @@ class Denoiser(nn.Module):
         self.prediction = check_prediction(prediction)
         self.preconditioning = preconditioning
         self.sigma_data = float(sigma_data)
+        self.noise_input = noise_input
 
     def noise_level(self, t) -> torch.Tensor:
+        if self.noise_input == "timestep":
+            return self.process.t_to_timestep(t)
         return noise_level(self.process, t)
 
     def forward(self, x: torch.Tensor, t, labels: torch.Tensor | None = None, **cond) -> torch.Tensor:

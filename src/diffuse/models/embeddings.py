@@ -58,6 +58,29 @@ def sinusoidal_embedding(
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=1)
 
 
+def timestep_embedding(x: Tensor, dim: int) -> Tensor:
+    """DDPM's code of an integer timestep n (Ho et al. 2020, after Vaswani et al.): ``dim``
+    features ``[cos(g_k n), sin(g_k n)]``, g_k = 10000^(-k / (dim / 2)), k = 0 .. dim/2 - 1.
+
+    This is diffusers' ``Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)``, so a
+    network that reads it can be written as a diffusers model; its range of frequencies suits the
+    timesteps 0..999 it was made for, not c_noise.
+    """
+    if x.ndim != 1:
+        raise ValueError(f"timestep_embedding expects a 1-D tensor [B], got {tuple(x.shape)}")
+    if dim < 2 or dim % 2 != 0:
+        raise ValueError(f"embedding dim must be a positive even number, got {dim}")
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=x.device) / half)
+    phase = x.to(torch.float32)[:, None] * frequencies[None, :]
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=1)
+
+
+# How a network's noise-level input becomes features: log-spaced frequencies for EDM's c_noise, or
+# DDPM's code of an integer timestep (Denoiser(noise_input="timestep")).
+TIME_FEATURES = {"log_spaced": sinusoidal_embedding, "timestep": timestep_embedding}
+
+
 # Frequency range of the 2-D position code, in radians per grid cell (a DiT patch, a U-Net
 # pixel). Positions are integers 0..n-1 with n at most a few dozen here, not the thousands of
 # a text model, so the usual 1..1e-4 range would spend most features on phases that barely
@@ -94,17 +117,20 @@ class EmbeddingMLP(nn.Sequential):
 
 
 class NoiseLevelEmbedding(nn.Module):
-    """Sinusoidal features of the noise level, projected by an MLP to ``out_dim``."""
+    """Sinusoidal features of the noise level (``features``: a key of TIME_FEATURES), projected
+    by an MLP to ``out_dim``."""
 
-    def __init__(self, frequency_dim: int, out_dim: int):
+    def __init__(self, frequency_dim: int, out_dim: int, features: str = "log_spaced"):
         super().__init__()
         if frequency_dim < 2 or frequency_dim % 2:
             raise ValueError(f"frequency_dim must be a positive even number, got {frequency_dim}")
-        self.frequency_dim = frequency_dim
+        if features not in TIME_FEATURES:
+            raise ValueError(f"unknown time features {features!r}; choose one of {sorted(TIME_FEATURES)}")
+        self.frequency_dim, self.features = frequency_dim, TIME_FEATURES[features]
         self.mlp = EmbeddingMLP(frequency_dim, out_dim)
 
     def forward(self, noise_level: Tensor) -> Tensor:
-        features = sinusoidal_embedding(noise_level, self.frequency_dim)
+        features = self.features(noise_level, self.frequency_dim)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
@@ -192,9 +218,9 @@ class ConditionEmbedding(nn.Module):
     """
 
     def __init__(self, frequency_dim: int, dim: int, num_classes: int | None,
-                 pooled_context_dim: int | None = None):
+                 pooled_context_dim: int | None = None, time_features: str = "log_spaced"):
         super().__init__()
-        self.noise = NoiseLevelEmbedding(frequency_dim, dim)
+        self.noise = NoiseLevelEmbedding(frequency_dim, dim, time_features)
         self.classes = ClassEmbedding(num_classes, dim) if num_classes is not None else None
         self.pooled = PooledContextEmbedding(pooled_context_dim, dim) if pooled_context_dim is not None else None
 

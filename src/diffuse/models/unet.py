@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import CrossAttention, check_context
-from .embeddings import ConditionEmbedding, position_embedding
+from .embeddings import TIME_FEATURES, ConditionEmbedding, position_embedding
 from .validation import boolean, int_tuple, optional_num_classes, pooled_context_needs_context, positive_int
 
 
@@ -49,6 +49,11 @@ class UNetConfig:
     level's width must then be divisible by 4.
     norm_groups: GroupNorm groups, capped at ``channels``; every norm layer uses
     ``min(norm_groups, channels)`` groups, which must divide ``channels``.
+    middle_blocks: residual blocks at the lowest resolution, 1 or 2 (res-attention-res, the
+    middle of DDPM's and diffusers' U-Nets). time_features: how the noise-level input becomes
+    features, "log_spaced" (for EDM's c_noise) or "timestep" (DDPM's code of a timestep 0..N-1).
+    With middle_blocks=2, time_features="timestep" and one attention width, the network is a
+    diffusers UNet2DModel layer for layer (diffuse export).
     """
 
     in_channels: int = 1
@@ -64,9 +69,15 @@ class UNetConfig:
     context_dim: int | None = None
     pooled_context: bool = False
     position_code: bool = False
+    middle_blocks: int = 1
+    time_features: str = "log_spaced"
 
     def __post_init__(self) -> None:
         owner = "UNetConfig"
+        if self.middle_blocks not in (1, 2) or isinstance(self.middle_blocks, bool):
+            raise ValueError(f"{owner}.middle_blocks must be 1 or 2, got {self.middle_blocks!r}")
+        if self.time_features not in TIME_FEATURES:
+            raise ValueError(f"{owner}.time_features must be one of {sorted(TIME_FEATURES)}, got {self.time_features!r}")
         # JSON brings tuples back as lists; normalise here so every way in gives equal configs.
         self.channel_mults = int_tuple(owner, "channel_mults", self.channel_mults)
         self.attention_levels = int_tuple(owner, "attention_levels", self.attention_levels)
@@ -259,7 +270,7 @@ def condition_embedding(c: UNetConfig) -> ConditionEmbedding:
     # Sinusoidal features come in cos/sin pairs, hence the even count.
     frequency_dim = c.channels + c.channels % 2
     return ConditionEmbedding(frequency_dim, embedding_dim(c), c.num_classes,
-                              c.context_dim if c.pooled_context else None)
+                              c.context_dim if c.pooled_context else None, c.time_features)
 
 
 def make_stage(c: UNetConfig, in_width: int, out_width: int, level: int, emb_dim: int) -> Stage:
@@ -330,6 +341,8 @@ class UNet(nn.Module):
         # paths. A single block keeps the default network under 4M parameters; at 8x8 the
         # lowest level is 4x4, where one attention layer already sees every pixel.
         self.middle = make_stage(c, width, width, last, emb_dim)
+        self.middle2 = Stage(ResBlock(width, width, emb_dim, c.dropout, c.groups), None) \
+            if c.middle_blocks == 2 else None
 
         # Up path: one more block per level than going down, so that the skip pushed by
         # each downsample (and by the input conv) is consumed too.
@@ -363,6 +376,8 @@ class UNet(nn.Module):
             h = module(h, emb, context, context_mask) if isinstance(module, Stage) else module(h)
             skips.append(h)
         h = self.middle(h, emb, context, context_mask)
+        if self.middle2 is not None:
+            h = self.middle2(h, emb)
         for module in self.up:
             if isinstance(module, Stage):
                 h = module(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)

@@ -24,7 +24,7 @@ from torch import nn
 
 from ...conditions import class_label, text_tokens
 from ...data import Dataset, WithColumns, spread
-from ...denoiser import Denoiser
+from ...denoiser import NOISE_INPUTS, Denoiser
 from ...latent import open_autoencoder
 from ...models import build_network, text_network
 from ...configs import check_choices, in_range, option, whole_number
@@ -58,6 +58,9 @@ class DiffusionTaskConfig(TaskConfig):
     preconditioning: str = option("edm", choices=PRECONDITIONINGS,
                                   help="EDM's input and output scalings, generalised to every path; or none")
     sigma_data: float | None = option(None, help="the data's standard deviation; default: measured on the examples")
+    noise_input: str = option("c_noise", choices=NOISE_INPUTS,
+                              help="what the network is told of the noise level: EDM's c_noise, or the timestep "
+                                   "0..N-1 of a discrete process (as diffusers' networks; needed by diffuse export)")
     weighting: str = option("edm", choices=WEIGHTINGS, help="the weighting of the loss over noise levels")
     time_sampling: str = option("log_normal", choices=TIME_SAMPLINGS, help="how training draws its noise levels")
     time_options: dict = option(factory=dict, help='the time sampling\'s parameters as JSON, e.g. \'{"p_mean": -0.4}\' '
@@ -76,7 +79,9 @@ class DiffusionTaskConfig(TaskConfig):
         check_time_options(self.time_sampling, self.time_options)
         if self.preconditioning == "edm" and self.prediction != "x0":
             raise ValueError(f"EDM preconditioning makes the model predict x0; got prediction={self.prediction!r}")
-        process_from_config(self.process)  # a clear error now, not at the first step
+        process = process_from_config(self.process)  # a clear error now, not at the first step
+        if self.noise_input == "timestep" and process.config()["kind"] != "discrete_vp":
+            raise ValueError(f"noise_input='timestep' needs a discrete process (--process ddpm), got {process!r}")
         in_range("label_dropout", self.label_dropout, 0, 1, high_open=True)
         in_range("text_lr_scale", self.text_lr_scale, 0, math.inf)
         if self.text_lr_scale != 1.0 and self.cond != "text":
@@ -179,7 +184,7 @@ def with_text(network: dict, text: dict) -> dict:
 def build_denoiser(config: DiffusionTaskConfig) -> Denoiser:
     """The Denoiser a resolved config describes (network + process + parameterisation)."""
     return Denoiser(build_network(config.network), process_from_config(config.process), config.prediction,
-                    config.preconditioning, config.sigma_data)
+                    config.preconditioning, config.sigma_data, config.noise_input)
 
 
 @register
