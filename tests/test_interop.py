@@ -497,6 +497,20 @@ def test_every_sampler_and_the_likelihood_run_on_a_diffusers_model(tmp_path):
         x = pipeline.sample(3, sampler=sampler, steps=4, seed=1)
         assert x.shape == (3, 1, 4, 4) and torch.isfinite(x).all(), sampler
         assert torch.equal(x, pipeline.sample(3, sampler=sampler, steps=4, seed=1)), sampler
+    for schedule in diffuse.samplers.SCHEDULES:
+        assert torch.isfinite(pipeline.sample(2, sampler="dpmpp_2m", steps=4, schedule=schedule)).all(), schedule
+    # a schedule fitted to this model (few iterations) is a valid schedule that does no worse
+    # than the one it starts from, on the batch it was fitted to
+    from diffuse.samplers.optimize import ode_endpoint, optimize_schedule, rms_distance
+    noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    reference = ode_endpoint(pipeline.model, pipeline.process, noise, pipeline.process.t_max,
+                             pipeline.process.t_min, rtol=1e-4, atol=1e-4)
+    start = diffuse.samplers.make_times(pipeline.process, "log_snr", 4)
+    fitted = optimize_schedule(pipeline.model, pipeline.process, "dpmpp_2m", 4, noise, reference=reference,
+                               iterations=12)
+    error = lambda times: rms_distance(diffuse.sample(pipeline.model, pipeline.process, noise,  # noqa: E731
+                                                      sampler="dpmpp_2m", schedule=times), reference)
+    assert fitted.shape == (4,) and error(fitted) <= error(start) + 1e-9
     # An untrained network's x0 estimates are in the hundreds (eps / alpha at the top): the ODE
     # samplers agree at 300 steps to a small part of that scale (first-order DDIM: 2e-3; at 50
     # steps it is 1e-2 off).
@@ -549,8 +563,9 @@ def test_export_gives_our_samples_back_in_diffusers(tmp_path, capsys):
     torch.testing.assert_close(mine, theirs, **TOL)
     # and back through from_diffusers: the same pipeline as the run's
     again = diffuse.from_diffusers(tmp_path / "out")
-    torch.testing.assert_close(again.sample(4, labels=torch.arange(4), steps=5, sampler="unipc"),
-                               ours.sample(4, labels=torch.arange(4), steps=5, sampler="unipc"), **TOL)
+    assert again.num_classes == 10 and again.info.class_names == ours.info.class_names
+    torch.testing.assert_close(again.sample(4, labels=torch.arange(4), steps=5, sampler="unipc", guidance=1.5),
+                               ours.sample(4, labels=torch.arange(4), steps=5, sampler="unipc", guidance=1.5), **TOL)
     assert main(["export", str(run), str(tmp_path / "out")]) == 1  # exists
     assert "exists" in capsys.readouterr().err
 
@@ -579,3 +594,19 @@ def test_timestep_noise_input_needs_a_discrete_process():
                      noise_input="timestep")
     t = model.process.timestep_to_t(torch.tensor([0.0, 999.0]))
     assert model(torch.zeros(2, 1), t)[:, 0].tolist() == [0.0, 999.0]
+
+
+def test_fp16_variant_loads_and_runs_in_float32(tmp_path):
+    unet = diffusers.UNet2DModel(sample_size=4, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                                 layers_per_block=1, down_block_types=("DownBlock2D",) * 2,
+                                 up_block_types=("UpBlock2D",) * 2, norm_num_groups=4)
+    pipe = diffusers.DDPMPipeline(unet=unet.half(), scheduler=diffusers.DDPMScheduler(clip_sample=False))
+    pipe.save_pretrained(tmp_path, variant="fp16")
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    assert not (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    pipeline = diffuse.from_diffusers(tmp_path)
+    assert all(p.dtype == torch.float32 for p in pipeline.model.net.parameters())
+    # the float32 copy holds exactly the half-precision weights
+    for mine, saved in zip(pipeline.model.net.parameters(), unet.parameters()):
+        assert torch.equal(mine, saved.float())
+    assert torch.isfinite(pipeline.sample(2, steps=3)).all()

@@ -35,6 +35,7 @@ from ..data import DataInfo
 from ..pipeline import Pipeline
 from .schedulers import SchedulerError, SchedulerSpec, read_scheduler
 
+DIFFUSE_JSON = "diffuse.json"  # what an exported run adds to its folder: {"null_class", "class_names"}
 DENOISERS = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "SD3Transformer2DModel",
              "FluxTransformer2DModel")
 
@@ -299,11 +300,14 @@ def from_diffusers(path, *, config=None, device="cpu", dtype: torch.dtype = torc
     conditions, prompt_encoder, class_names = [], None, None
     if net_class in ("UNet2DModel", "DiTTransformer2DModel"):
         classes = net.config.get("num_class_embeds") or net.config.get("num_embeds_ada_norm")
+        ours = _read_json(folder / DIFFUSE_JSON) if (folder / DIFFUSE_JSON).is_file() else {}
+        if ours.get("null_class") is not None:  # an exported run: its last class row is the null class
+            classes = int(ours["null_class"])
         if classes and (net_class == "DiTTransformer2DModel" or net.config.get("class_embed_type") is None):
             conditions.append(Condition("label", "labels", int(classes)))
             labels = getattr(pipe, "labels", None) or {}
             names = {v: k for k, v in labels.items()} if isinstance(labels, dict) else {}
-            class_names = [names.get(i, str(i)) for i in range(int(classes))]
+            class_names = ours.get("class_names") or [names.get(i, str(i)) for i in range(int(classes))]
     else:
         encode = _prompt_encoder(pipe, device)
         null = encode([negative_prompt])

@@ -15,19 +15,23 @@ DDPM-family scheduler on the same betas. So a run exports when
 
 Its EMA weights are mapped tensor for tensor (the attention's fused qkv 1x1 convolution split into
 to_q / to_k / to_v), the scheduler is a DDPMScheduler with the run's betas (by name where they are
-a named schedule, else trained_betas), no clipping, the trailing spacing; the folder is written
-with save_pretrained into a temporary folder beside OUT and renamed into place.
+a named schedule, else trained_betas), no clipping, the trailing spacing; a class model's null
+class and class names go to diffuse.json beside them (diffusers ignores it, from_diffusers reads
+it). The folder is written into a temporary folder beside OUT and renamed into place.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from ..files import write_text_atomic
 from ..process import DiscreteVP, named_betas
+from .diffusers import DIFFUSE_JSON
 
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 
@@ -162,8 +166,8 @@ def scheduler_config(process: DiscreteVP, prediction: str) -> dict:
 
 def export_diffusers(run, out, *, overwrite: bool = False) -> Path:
     """Write run (a folder or checkpoint; its EMA weights) as a diffusers pipeline folder at out."""
-    from .diffusers import _diffusers, _quiet
     from ..runs import load
+    from .diffusers import _diffusers, _quiet
 
     diffusers = _diffusers()
     out = Path(out)
@@ -182,6 +186,11 @@ def export_diffusers(run, out, *, overwrite: bool = False) -> Path:
     try:
         with _quiet(diffusers):
             diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(scratch)
+        # What diffusers' configs have no place for (it ignores the file): the class embedding's last
+        # row is the null class of classifier-free guidance, and the classes' names.
+        if net.config.num_classes is not None:
+            write_text_atomic(scratch / DIFFUSE_JSON, json.dumps(
+                {"null_class": net.config.num_classes, "class_names": pipeline.info.class_names}, indent=1))
         if out.exists():
             shutil.rmtree(out)
         scratch.rename(out)
