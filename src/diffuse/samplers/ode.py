@@ -7,8 +7,9 @@ it finite where alpha = 0 (a zero-SNR start, e.g. the flow process at t = 1).
 
 Euler in these coordinates, y_{i+1} = D_i + rho_{i+1} eps_i, is DDIM with eta = 0. Heun is EDM's
 second-order method: it averages the derivative at both ends of the step, except on a step that
-starts at rho = inf (an unbounded interval) or ends at rho = 0 (where the derivative is
-undefined); those steps stay first order. With churn > 0 it is EDM's stochastic sampler
+starts at rho = inf (an unbounded interval) or at least at PRIOR_RHO (where the state is the prior
+and the derivative constant until rho nears the data's scale) or ends at rho = 0 (where the
+derivative is undefined); those steps stay first order. With churn > 0 it is EDM's stochastic sampler
 (Algorithm 2): before each step with S_tmin <= rho_i <= S_tmax, noise is added to raise the
 level to rho_hat = (1 + gamma) rho_i, gamma = min(churn / N, sqrt(2) - 1), and the step starts
 from there.
@@ -19,6 +20,14 @@ from __future__ import annotations
 import math
 
 from .base import Grid, eps_from_x0, gaussian_like
+
+
+# Heun's step from sigma/alpha above this (log-SNR below -9.2, where x_t is the prior to within
+# 1e-4 of its variance) stays first order, as EDM's from rho = inf: the trajectory's derivative is
+# constant until rho nears the data's scale, so Euler is exact there, while the trapezoid would weight
+# the end point's derivative over an interval spanning orders of magnitude of rho (a discrete VP
+# schedule's first step, e.g. 2e4 -> 158 on cosine betas).
+PRIOR_RHO = 100.0
 
 
 def _euler_step(x, x0, grid: Grid, i: int):
@@ -63,7 +72,7 @@ def heun(denoise, x, grid: Grid, generator=None, *, churn: float = 0.0, s_tmin: 
         a_next = grid.a(i + 1)
         # Euler: y_{i+1} = D + rho_{i+1} eps, i.e. x_{i+1} = alpha_{i+1} D + sigma_{i+1} eps
         x_next = a_next * x0 + grid.s(i + 1) * eps
-        if grid.s(i + 1) > 0 and math.isfinite(rho):
+        if grid.s(i + 1) > 0 and rho < PRIOR_RHO:
             eps_next = eps_from_x0(x_next, denoise(x_next, i + 1), grid, i + 1)
             # y_{i+1} = y_hat + (rho_{i+1} - rho_hat) (eps + eps_next) / 2, with y_hat = D + rho_hat eps
             half = (grid.rho(i + 1) - rho) / 2
