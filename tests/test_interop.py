@@ -610,3 +610,69 @@ def test_fp16_variant_loads_and_runs_in_float32(tmp_path):
     for mine, saved in zip(pipeline.model.net.parameters(), unet.parameters()):
         assert torch.equal(mine, saved.float())
     assert torch.isfinite(pipeline.sample(2, steps=3)).all()
+
+
+def tiny_t5(width: int = 32):
+    """A T5 tokenizer whose pieces are WORDS (a Unigram model, as T5's sentencepiece) and a random
+    1-layer T5 encoder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in WORDS]
+    words = Tokenizer(models.Unigram(pieces, unk_id=2))
+    words.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer = T5TokenizerFast(tokenizer_object=words, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                extra_ids=0)
+    encoder = T5EncoderModel(T5Config(vocab_size=len(pieces), d_model=width, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
+                                      relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1))
+    return tokenizer, encoder.eval()
+
+
+def test_flux_pipeline_with_its_text_encoders(tmp_path):
+    """A whole Flux folder (CLIP for the pooled vector, T5 for the sequence) through from_diffusers:
+    prompts encoded by the pipeline's own encode_prompt, latents packed, the VAE decoding."""
+    clip_tokenizer, clip = tiny_clip(tmp_path / "raw-tokenizer")
+    t5_tokenizer, t5 = tiny_t5()
+    net = diffusers.FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                           attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                           pooled_projection_dim=32, axes_dims_rope=(2, 2, 4), guidance_embeds=True)
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+    pipe = diffusers.FluxPipeline(transformer=net, scheduler=sched, vae=tiny_vae(), text_encoder=clip,
+                                  tokenizer=clip_tokenizer, text_encoder_2=t5, tokenizer_2=t5_tokenizer)
+    pipe.save_pretrained(tmp_path / "flux")
+    pipeline = diffuse.from_diffusers(tmp_path / "flux", height=16, width=16)
+    assert pipeline.draw_shape == (4, 8, 8) and pipeline.prediction == "velocity"
+    ours = pipeline.sample(1, prompt="a red cat", sampler="euler", steps=4, seed=5)
+    pipe = diffusers.FluxPipeline.from_pretrained(tmp_path / "flux")
+    pipe.set_progress_bar_config(disable=True)
+    noise = Generators.seeded(5, 0, 1).randn(pipeline.draw_shape)
+    packed = noise.view(1, 4, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 16, 16)
+    latents = pipe("a red cat", num_inference_steps=4, guidance_scale=3.5, latents=packed, height=16, width=16,
+                   output_type="latent").images
+    latents = latents.view(1, 4, 4, 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 4, 8, 8)
+    torch.testing.assert_close(ours, pipeline.codec.decode(latents), **TOL)
+    assert (pipeline.sample(1, prompt="a blue dog", sampler="euler", steps=4, seed=5) - ours).abs().max() > 1e-3
+
+
+def test_sd3_pipeline_with_its_text_encoders(tmp_path):
+    """A whole SD3 folder: two CLIP encoders with projections (their penultimate states and pooled
+    projections, concatenated) and T5, through the pipeline's own encode_prompt; guidance against
+    the empty prompt's embedding, as StableDiffusion3Pipeline does."""
+    (tok_l, clip_l), (tok_g, clip_g) = (tiny_clip(tmp_path / f"raw-{n}", projection=True) for n in "lg")
+    t5_tokenizer, t5 = tiny_t5(width=64)  # wide enough for the two CLIP sequences side by side
+    net = diffusers.SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1,
+                                          attention_head_dim=8, num_attention_heads=2, joint_attention_dim=64,
+                                          caption_projection_dim=16, pooled_projection_dim=64, out_channels=4,
+                                          pos_embed_max_size=16)
+    pipe = diffusers.StableDiffusion3Pipeline(
+        transformer=net, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=tiny_vae(),
+        text_encoder=clip_l, tokenizer=tok_l, text_encoder_2=clip_g, tokenizer_2=tok_g, text_encoder_3=t5,
+        tokenizer_3=t5_tokenizer)
+    pipe.save_pretrained(tmp_path / "sd3")
+    pipeline = diffuse.from_diffusers(tmp_path / "sd3", height=16, width=16)
+    ours = pipeline.sample(2, prompt=["a red cat", "a blue dog"], guidance=2.0, sampler="euler", steps=4, seed=6)
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(tmp_path / "sd3")
+    pipe.set_progress_bar_config(disable=True)
+    noise = Generators.seeded(6, 0, 2).randn(pipeline.draw_shape)
+    latents = pipe(["a red cat", "a blue dog"], num_inference_steps=4, guidance_scale=3.0, latents=noise,
+                   height=16, width=16, output_type="latent").images
+    torch.testing.assert_close(ours, pipeline.codec.decode(latents), **TOL)
