@@ -96,9 +96,10 @@ def diffusers_loop(net_call, sched, noise, steps: int):
     our start `noise`."""
     noise = noise * y_units(sched)
     sched.set_timesteps(steps)
-    x = noise * sched.init_noise_sigma
+    x = noise * getattr(sched, "init_noise_sigma", 1.0)  # (flow matching: the state is x itself)
+    scale = getattr(sched, "scale_model_input", lambda x, t: x)
     for t in sched.timesteps:
-        x = sched.step(net_call(sched.scale_model_input(x, t), t), t, x).prev_sample
+        x = sched.step(net_call(scale(x, t), t), t, x).prev_sample
     return x
 
 
@@ -487,7 +488,7 @@ def test_single_file_checkpoint_loads_through_the_same_path(tmp_path):
 def test_every_sampler_and_the_likelihood_run_on_a_diffusers_model(tmp_path):
     """The wrapped network is a model like any other: every sampler samples it (the ODE samplers
     converging to one endpoint as their steps grow) and the probability-flow likelihood of our
-    own core integrates it (exact divergence, 16 dimensions)."""
+    own core integrates it (exact divergence, 16 dimensions), and a schedule fitted to it is valid."""
     unet = diffusers.UNet2DModel(sample_size=4, in_channels=1, out_channels=1, block_out_channels=(8, 8),
                                  layers_per_block=1, down_block_types=("DownBlock2D",) * 2,
                                  up_block_types=("UpBlock2D",) * 2, norm_num_groups=4)
@@ -512,14 +513,14 @@ def test_every_sampler_and_the_likelihood_run_on_a_diffusers_model(tmp_path):
                                                       sampler="dpmpp_2m", schedule=times), reference)
     assert fitted.shape == (4,) and error(fitted) <= error(start) + 1e-9
     # An untrained network's x0 estimates are in the hundreds (eps / alpha at the top): the ODE
-    # samplers agree at 300 steps to a small part of that scale (first-order DDIM: 2e-3; at 50
-    # steps it is 1e-2 off).
-    ends = {s: pipeline.sample(2, sampler=s, steps=300, seed=1) for s in ("ddim", "dpmpp_2m", "unipc", "heun")}
+    # samplers agree at 150 steps to a small part of that scale (first-order DDIM: 4e-3; at 50
+    # steps it is 1.2e-2 off).
+    ends = {s: pipeline.sample(2, sampler=s, steps=150, seed=1) for s in ("ddim", "dpmpp_2m", "unipc", "heun")}
     scale = float(ends["dpmpp_2m"].abs().max())
     for s, x in ends.items():
-        assert float((x - ends["dpmpp_2m"]).abs().max()) < 3e-3 * scale, s
+        assert float((x - ends["dpmpp_2m"]).abs().max()) < 6e-3 * scale, s
     images = pipeline.sample(2, sampler="dpmpp_2m", steps=20, seed=3)
-    out = log_likelihood(pipeline.model, pipeline.process, images, divergence="exact", rtol=1e-4, atol=1e-4)
+    out = log_likelihood(pipeline.model, pipeline.process, images, divergence="exact", rtol=1e-3, atol=1e-3)
     assert out["log_prob"].shape == (2,) and torch.isfinite(out["log_prob"]).all()
 
 
@@ -676,3 +677,30 @@ def test_sd3_pipeline_with_its_text_encoders(tmp_path):
     latents = pipe(["a red cat", "a blue dog"], num_inference_steps=4, guidance_scale=3.0, latents=noise,
                    height=16, width=16, output_type="latent").images
     torch.testing.assert_close(ours, pipeline.codec.decode(latents), **TOL)
+
+
+def test_export_of_a_flow_run(tmp_path):
+    """A flow run (velocity, the network told 1000 t) exports with a flow-matching scheduler, whose
+    Euler loop in diffusers gives our Euler's samples."""
+    from _tiny import UNET, digits_config
+    from diffuse.recipes import process_fields
+    from diffuse.training import Engine
+    network = {**UNET, "channels": 16, "num_classes": 10, "middle_blocks": 2, "time_features": "timestep",
+               "norm_groups": 8}
+    config = digits_config("class", network=network, noise_input="timestep", steps=3, **process_fields("flow"))
+    Engine(config, tmp_path / "run", progress=False).fit()
+    diffuse.interop.export.export_diffusers(tmp_path / "run", tmp_path / "out")
+    stored = json.loads((tmp_path / "out" / "scheduler" / "scheduler_config.json").read_text())
+    assert stored["_class_name"] == "FlowMatchEulerDiscreteScheduler"
+    ours = diffuse.load(tmp_path / "run")
+    labels = torch.tensor([1, 2])
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    mine = diffuse.sample(ours.model, ours.process, noise, sampler="euler", steps=6, cond={"labels": labels})
+    unet = diffusers.UNet2DModel.from_pretrained(tmp_path / "out" / "unet").eval()
+    sched = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path / "out" / "scheduler")
+    with torch.no_grad():
+        theirs = diffusers_loop(lambda x, t: unet(x, t, class_labels=labels).sample, sched, noise, 6)
+    torch.testing.assert_close(mine, theirs, **TOL)
+    again = diffuse.from_diffusers(tmp_path / "out")
+    torch.testing.assert_close(again.sample(2, labels=labels, sampler="euler", steps=6),
+                               ours.sample(2, labels=labels, sampler="euler", steps=6, schedule="uniform"), **TOL)

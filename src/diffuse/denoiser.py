@@ -11,9 +11,10 @@ Gaussian path. In the coordinates y = x/alpha, rho = sigma/alpha (where every pa
 which keeps the network's input and its effective training target at unit variance (Karras et al.
 2022, section 5 and appendix B.6). With preconditioning the model predicts x0.
 
-`noise_input="timestep"` tells the network the discrete timestep n = N t - 1 instead, as DDPM
-and diffusers' networks read it (a discrete process only): with no preconditioning such a model is
-a diffusers UNet2DModel with a DDPM scheduler, exactly (diffuse export).
+`noise_input="timestep"` tells the network the timestep a diffusers network reads instead: the
+discrete timestep n = N t - 1 of a DDPM schedule, or 1000 t on the flow path (flow matching's
+convention). With no preconditioning such a model is a diffusers UNet2DModel with a DDPM or a
+flow-matching scheduler, exactly (diffuse export).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from .parameterization import check_prediction
-from .process import DiscreteVP, GaussianPath, _as_time, expand
+from .process import DiscreteVP, Flow, GaussianPath, _as_time, expand
 
 # Log-SNR is +-inf at the clean and zero-SNR ends; the network only needs a finite, monotone code.
 _LOG_SNR_LIMIT = 40.0
@@ -36,6 +37,17 @@ def noise_level(process: GaussianPath, t) -> torch.Tensor:
     return -process.log_snr(t).clamp(-_LOG_SNR_LIMIT, _LOG_SNR_LIMIT) / 8
 
 
+FLOW_TIMESTEPS = 1000  # diffusers' flow-matching schedulers hand the network 1000 t
+
+
+def diffusers_timestep(process: GaussianPath, t) -> torch.Tensor:
+    """The timestep a diffusers network reads at time t: n = N t - 1 on a DDPM schedule, 1000 t on
+    the flow path."""
+    if isinstance(process, Flow):
+        return _as_time(t) * FLOW_TIMESTEPS
+    return process.t_to_timestep(t)
+
+
 class Denoiser(nn.Module):
     def __init__(self, net: nn.Module, process: GaussianPath, prediction: str = "eps",
                  preconditioning: str = "none", sigma_data: float = 0.5, noise_input: str = "c_noise"):
@@ -44,8 +56,9 @@ class Denoiser(nn.Module):
             raise ValueError(f"unknown preconditioning {preconditioning!r}; choose 'none' or 'edm'")
         if noise_input not in NOISE_INPUTS:
             raise ValueError(f"unknown noise_input {noise_input!r}; choose one of {NOISE_INPUTS}")
-        if noise_input == "timestep" and not isinstance(process, DiscreteVP):
-            raise ValueError(f"noise_input='timestep' needs a discrete process (its timesteps); got {process!r}")
+        if noise_input == "timestep" and not isinstance(process, (DiscreteVP, Flow)):
+            raise ValueError(f"noise_input='timestep' needs a discrete process or the flow path (the two whose "
+                             f"timesteps diffusers' schedulers define); got {process!r}")
         if preconditioning == "edm" and prediction != "x0":
             raise ValueError("EDM preconditioning makes the model predict x0; "
                              f"got prediction={prediction!r}")
@@ -58,7 +71,7 @@ class Denoiser(nn.Module):
 
     def noise_level(self, t) -> torch.Tensor:
         if self.noise_input == "timestep":
-            return self.process.t_to_timestep(t)
+            return diffusers_timestep(self.process, t)
         return noise_level(self.process, t)
 
     def forward(self, x: torch.Tensor, t, labels: torch.Tensor | None = None, **cond) -> torch.Tensor:

@@ -3,19 +3,20 @@
     diffuse export RUN --to diffusers OUT
 
 Exact where the maths allows, refused with the options that stand in the way where it does not.
-What diffusers can hold: a UNet2DModel fed x_t unscaled and told the integer timestep, with a
-DDPM-family scheduler on the same betas. So a run exports when
+What diffusers can hold: a UNet2DModel fed x_t unscaled and told the timestep, with a DDPM-family
+scheduler on the same betas or a flow-matching scheduler. So a run exports when
 
-  process          discrete (--process ddpm, or any VP.from_betas schedule)
+  process          discrete (--process ddpm, or any VP.from_betas schedule) or flow (velocity)
   preconditioning  none (diffusers' DDPM schedulers feed the network x_t as it is)
-  noise_input      timestep (the network reads n = N t - 1, not c_noise)
-  prediction       eps, v or x0 (epsilon / v_prediction / sample)
+  noise_input      timestep (the network reads n = N t - 1, or 1000 t on the flow path, not c_noise)
+  prediction       eps, v or x0 (epsilon / v_prediction / sample); velocity on the flow path
   network          a U-Net with middle_blocks=2 (res-attention-res), time_features="timestep",
                    one attention width, and no text (cross-attention) or position code
 
 Its EMA weights are mapped tensor for tensor (the attention's fused qkv 1x1 convolution split into
 to_q / to_k / to_v), the scheduler is a DDPMScheduler with the run's betas (by name where they are
-a named schedule, else trained_betas), no clipping, the trailing spacing; a class model's null
+a named schedule, else trained_betas), no clipping, the trailing spacing, or for a flow model
+FlowMatchEulerDiscreteScheduler with shift 1; a class model's null
 class and class names go to diffuse.json beside them (diffusers ignores it, from_diffusers reads
 it). The folder is written into a temporary folder beside OUT and renamed into place.
 """
@@ -29,11 +30,12 @@ from pathlib import Path
 
 import torch
 
+from ..denoiser import FLOW_TIMESTEPS
 from ..files import write_text_atomic
-from ..process import DiscreteVP, named_betas
+from ..process import DiscreteVP, Flow, named_betas
 from .diffusers import DIFFUSE_JSON
 
-PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample", "velocity": "flow_prediction"}
 
 
 def obstacles(pipeline) -> list[str]:
@@ -41,16 +43,21 @@ def obstacles(pipeline) -> list[str]:
     model, found = pipeline.model, []
     net = getattr(model, "net", None)
     config = getattr(net, "config", None)
-    if not isinstance(pipeline.process, DiscreteVP):
-        found.append(f"the process {pipeline.process!r} is not discrete; diffusers' DDPM schedulers hold N betas "
-                     "(train with --process ddpm)")
+    if not isinstance(pipeline.process, (DiscreteVP, Flow)):
+        found.append(f"the process {pipeline.process!r} is neither discrete nor the flow path, the two that "
+                     "diffusers' schedulers describe (train with --process ddpm or --process flow)")
+    elif isinstance(pipeline.process, Flow) and pipeline.prediction != "velocity":
+        found.append("a flow model exports predicting the velocity, as diffusers' flow-matching schedulers read it "
+                     "(--prediction velocity)")
     if getattr(model, "preconditioning", None) != "none":
         found.append("preconditioning 'edm' scales the network's input and output, which a UNet2DModel under a DDPM "
                      "scheduler does not (--preconditioning none)")
     if getattr(model, "noise_input", None) != "timestep":
         found.append("the network reads c_noise; a diffusers network reads the timestep (--noise-input timestep)")
     if pipeline.prediction not in PREDICTION_TYPES:
-        found.append(f"prediction {pipeline.prediction!r} has no diffusers prediction_type (eps, v or x0)")
+        found.append(f"prediction {pipeline.prediction!r} has no diffusers prediction_type (eps, v, x0, velocity)")
+    elif pipeline.prediction == "velocity" and not isinstance(pipeline.process, Flow):
+        found.append("a velocity prediction exports on the flow path only (diffusers' flow-matching schedulers)")
     if pipeline.codec is not None:
         found.append("a latent model's autoencoder is ours, not a diffusers AutoencoderKL")
     if type(net).__name__ != "UNet" or config is None:
@@ -152,6 +159,14 @@ def unet2d_state(net) -> dict:
     return out
 
 
+def scheduler(process, prediction: str, diffusers):
+    """The diffusers scheduler that equals the process: FlowMatchEulerDiscreteScheduler (shift 1)
+    for the flow path, else a DDPMScheduler on its betas."""
+    if isinstance(process, Flow):
+        return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=FLOW_TIMESTEPS, shift=1.0)
+    return diffusers.DDPMScheduler(**scheduler_config(process, prediction))
+
+
 def scheduler_config(process: DiscreteVP, prediction: str) -> dict:
     """A DDPMScheduler config for the process: its betas by name where they are a named schedule."""
     betas, n = process.betas, process.num_steps
@@ -180,12 +195,12 @@ def export_diffusers(run, out, *, overwrite: bool = False) -> Path:
     net = pipeline.model.net
     unet = diffusers.UNet2DModel(sample_size=tuple(pipeline.shape[1:]), **unet2d_config(net.config))
     unet.load_state_dict(unet2d_state(net), strict=True)
-    scheduler = diffusers.DDPMScheduler(**scheduler_config(pipeline.process, pipeline.prediction))
+    chosen = scheduler(pipeline.process, pipeline.prediction, diffusers)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with _quiet(diffusers):
-            diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(scratch)
+            diffusers.DDPMPipeline(unet=unet, scheduler=chosen).save_pretrained(scratch)
         # What diffusers' configs have no place for (it ignores the file): the class embedding's last
         # row is the null class of classifier-free guidance, and the classes' names.
         if net.config.num_classes is not None:

@@ -59,8 +59,8 @@ class DiffusionTaskConfig(TaskConfig):
                                   help="EDM's input and output scalings, generalised to every path; or none")
     sigma_data: float | None = option(None, help="the data's standard deviation; default: measured on the examples")
     noise_input: str = option("c_noise", choices=NOISE_INPUTS,
-                              help="what the network is told of the noise level: EDM's c_noise, or the timestep "
-                                   "0..N-1 of a discrete process (as diffusers' networks; needed by diffuse export)")
+                              help="what the network is told of the noise level: EDM's c_noise, or the timestep a "
+                                   "diffusers network reads (discrete or flow processes; needed by diffuse export)")
     weighting: str = option("edm", choices=WEIGHTINGS, help="the weighting of the loss over noise levels")
     time_sampling: str = option("log_normal", choices=TIME_SAMPLINGS, help="how training draws its noise levels")
     time_options: dict = option(factory=dict, help='the time sampling\'s parameters as JSON, e.g. \'{"p_mean": -0.4}\' '
@@ -80,8 +80,9 @@ class DiffusionTaskConfig(TaskConfig):
         if self.preconditioning == "edm" and self.prediction != "x0":
             raise ValueError(f"EDM preconditioning makes the model predict x0; got prediction={self.prediction!r}")
         process = process_from_config(self.process)  # a clear error now, not at the first step
-        if self.noise_input == "timestep" and process.config()["kind"] != "discrete_vp":
-            raise ValueError(f"noise_input='timestep' needs a discrete process (--process ddpm), got {process!r}")
+        if self.noise_input == "timestep" and process.config()["kind"] not in ("discrete_vp", "flow"):
+            raise ValueError(f"noise_input='timestep' needs a discrete process or the flow path (--process ddpm "
+                             f"or flow), got {process!r}")
         in_range("label_dropout", self.label_dropout, 0, 1, high_open=True)
         in_range("text_lr_scale", self.text_lr_scale, 0, math.inf)
         if self.text_lr_scale != 1.0 and self.cond != "text":
