@@ -272,6 +272,9 @@ def test_stable_diffusion_matches_its_pipeline(sd_folder, sampler, scheduler, gu
     other = pipeline.sample(2, prompt="a circle", guidance=guidance, sampler=sampler, steps=5, schedule="trailing",
                             seed=4)
     assert (other - ours).abs().max() > 1e-3
+    # no prompt is the empty prompt, as a text model always reads text
+    torch.testing.assert_close(pipeline.sample(2, sampler=sampler, steps=5, seed=4),
+                               pipeline.sample(2, prompt="", sampler=sampler, steps=5, seed=4))
 
 
 def test_stable_diffusion_codec_round_trip_and_errors(sd_folder, tmp_path):

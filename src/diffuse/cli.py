@@ -379,7 +379,7 @@ def _export(args, given: dict) -> int:
     from .interop.export import export_diffusers
 
     out = export_diffusers(args.run, args.out, overwrite=args.overwrite)
-    print(f"wrote {out}: a diffusers DDPMPipeline folder (UNet2DModel + DDPMScheduler)")
+    print(f"wrote {out}: a diffusers DDPMPipeline folder (a UNet2DModel and its scheduler)")
     return 0
 
 

@@ -111,6 +111,8 @@ class Pipeline:
             if tokens is not None:
                 raise ValueError("give a prompt or tokens, not both")
             text = self.encode_prompt(prompt, n)
+        elif self.prompt_encoder is not None:  # a pretrained text model always reads text: no prompt is ""
+            text = self.encode_prompt("", n)
         cond = {**self._cond(n, labels, text.pop("tokens", tokens), classifier), **text}
         if guidance and labels is None and not cond:
             raise ValueError("guidance needs labels or a prompt")
@@ -148,8 +150,8 @@ class Pipeline:
                 report = None if callback is None else (lambda info, s=start: callback({**info, "batch": s}))
                 try:
                     drawn = sample(wrapped, self.process, noise, sampler=sampler or self.sampler, steps=steps,
-                                   prediction=self.prediction, schedule=self.schedule if schedule is None else schedule, cond=part,
-                                   clip_denoised=self.clip_denoised,
+                                   prediction=self.prediction, cond=part, clip_denoised=self.clip_denoised,
+                                   schedule=self.schedule if schedule is None else schedule,
                                    generator=generators, callback=report, **options)
                 except NonFiniteSampleError as e:
                     raise NonFiniteSampleError(self._non_finite_cause(e.share, sampler or self.sampler, guidance),
