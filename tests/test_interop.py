@@ -692,7 +692,7 @@ def test_export_of_a_flow_run(tmp_path):
                "norm_groups": 8}
     config = digits_config("class", network=network, noise_input="timestep", steps=3, **process_fields("flow"))
     Engine(config, tmp_path / "run", progress=False).fit()
-    diffuse.interop.export.export_diffusers(tmp_path / "run", tmp_path / "out")
+    diffuse.interop.export.export_diffusers(diffuse.load(tmp_path / "run"), tmp_path / "out")
     stored = json.loads((tmp_path / "out" / "scheduler" / "scheduler_config.json").read_text())
     assert stored["_class_name"] == "FlowMatchEulerDiscreteScheduler"
     ours = diffuse.load(tmp_path / "run")

@@ -377,8 +377,9 @@ def _evaluate(args, given: dict) -> int:
 
 def _export(args, given: dict) -> int:
     from .interop.export import export_diffusers
+    from .runs import load
 
-    out = export_diffusers(args.run, args.out, overwrite=args.overwrite)
+    out = export_diffusers(load(args.run), args.out, overwrite=args.overwrite)
     print(f"wrote {out}: a diffusers DDPMPipeline folder (a UNet2DModel and its scheduler)")
     return 0
 

@@ -179,19 +179,18 @@ def scheduler_config(process: DiscreteVP, prediction: str) -> dict:
     return {**config, "trained_betas": betas.tolist()}
 
 
-def export_diffusers(run, out, *, overwrite: bool = False) -> Path:
-    """Write run (a folder or checkpoint; its EMA weights) as a diffusers pipeline folder at out."""
-    from ..runs import load
+def export_diffusers(pipeline, out, *, overwrite: bool = False) -> Path:
+    """Write a run's pipeline (`diffuse.load(run)`: its EMA weights) as a diffusers pipeline folder
+    at out."""
     from .diffusers import _diffusers, _quiet
 
     diffusers = _diffusers()
     out = Path(out)
     if out.exists() and not overwrite:
         raise ValueError(f"{out} exists; give another folder or overwrite=True (--overwrite)")
-    pipeline = load(run)
     found = obstacles(pipeline)
     if found:
-        raise ValueError(f"{run} cannot be written as a diffusers pipeline: " + "; ".join(found))
+        raise ValueError("this run cannot be written as a diffusers pipeline: " + "; ".join(found))
     net = pipeline.model.net
     unet = diffusers.UNet2DModel(sample_size=tuple(pipeline.shape[1:]), **unet2d_config(net.config))
     unet.load_state_dict(unet2d_state(net), strict=True)
