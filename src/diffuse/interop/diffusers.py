@@ -25,12 +25,12 @@ the pipeline's negative prompt (the empty prompt unless given).
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import torch
 
 from ..conditions import Condition
+from ..configs import read_json
 from ..data import DataInfo
 from ..pipeline import Pipeline
 from .schedulers import SchedulerError, SchedulerSpec, read_scheduler
@@ -50,15 +50,10 @@ def _diffusers():
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is missing: not a diffusers pipeline folder") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return value
+    """configs.read_json, with a missing file said to be no diffusers folder."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: not a diffusers pipeline folder")
+    return read_json(path)
 
 
 def is_diffusers_folder(path) -> bool:
