@@ -208,9 +208,15 @@ def iterations_for(steps: int, scale: float) -> int:
 FIT_END = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2s", "unipc2_bh2", "unipc3_bh2")
 
 
+def our_run(process, name: str, budget: int, nfe: int, x: torch.Tensor, times: torch.Tensor) -> "Run":
+    """A run of ours on `times`: it starts from the prior at times[0] and ends with x = D."""
+    rho = lambda t: float(process.sigma(t) / process.alpha(t))  # noqa: E731
+    return Run("ours", name, budget, nfe, x.to(F64), 1 / float(process.alpha(times[0])), rho(times[0]),
+               rho(times[-1]), True, rho(process.t_min))
+
+
 def run_ours(mix, process, noise, train_noise, train_ref, budgets, args, log):
     model = mix.denoiser(process)
-    rho = lambda t: float(process.sigma(t) / process.alpha(t))  # noqa: E731
     runs, fits = [], {}
     for label, (sampler, options) in our_samplers().items():
         probe = noise[:1]
@@ -232,9 +238,7 @@ def run_ours(mix, process, noise, train_noise, train_ref, budgets, args, log):
             for sched_name, times in schedules.items():
                 x, nfe = diffuse.sample(model, process, noise, sampler=sampler, schedule=times,
                                         return_nfe=True, **options)
-                runs.append(Run("ours", f"{label} {sched_name}", budget, nfe, x.to(F64),
-                                1 / float(process.alpha(times[0])), rho(times[0]), rho(times[-1]), True,
-                                rho(process.t_min)))
+                runs.append(our_run(process, f"{label} {sched_name}", budget, nfe, x, times))
     log(f"  schedule fits: {sum(fits.values()):.1f} s for {len(fits)} fits")
     return runs
 
@@ -288,7 +292,6 @@ DEFAULT_PEERS = {"dpmpp_2m": "DPMSolverMultistep", "unipc": "UniPCMultistep", "d
 def run_our_defaults(mix, process, noise, budgets):
     """Each sampler with schedule='auto', the default a user who changes nothing gets."""
     model, runs = mix.denoiser(process), []
-    rho = lambda t: float(process.sigma(t) / process.alpha(t))  # noqa: E731
     for sampler in DEFAULT_PEERS:
         nfe_of = lambda s: diffuse.sample(model, process, noise[:1], sampler=sampler, steps=s,  # noqa: E731
                                           return_nfe=True)[1]
@@ -296,9 +299,7 @@ def run_our_defaults(mix, process, noise, budgets):
             steps = fit_steps(nfe_of, budget)
             times = make_times(process, "auto", steps)
             x, nfe = diffuse.sample(model, process, noise, sampler=sampler, steps=steps, return_nfe=True)
-            runs.append(Run("ours", f"{sampler} ({process.default_schedule})", budget, nfe, x.to(F64),
-                            1 / float(process.alpha(times[0])), rho(times[0]), rho(times[-1]), True,
-                            rho(process.t_min)))
+            runs.append(our_run(process, f"{sampler} ({process.default_schedule})", budget, nfe, x, times))
     return runs
 
 
