@@ -316,6 +316,15 @@ def test_dit_matches_its_pipeline(tmp_path):
     torch.testing.assert_close(mine, theirs, **TOL)
 
 
+def flux_packed(latents: torch.Tensor) -> torch.Tensor:
+    """[1, 4, 8, 8] latents as the Flux pipeline's sequence of 2x2 patches, [1, 16, 16]."""
+    return latents.view(1, 4, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 16, 16)
+
+
+def flux_unpacked(packed: torch.Tensor) -> torch.Tensor:
+    return packed.view(1, 4, 4, 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 4, 8, 8)
+
+
 def flow_pipeline_output(pipe, steps, noise, embeds, pooled, guidance, **extra):
     null = torch.zeros_like(embeds), torch.zeros_like(pooled)
     return pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=null[0],
@@ -362,10 +371,10 @@ def test_flux_transformer_matches_its_pipeline():
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))
     ours = diffuse.sample(model, spec.process, noise, sampler="euler", steps=4, schedule=spec.schedule,
                           cond={"encoder_hidden_states": embeds, "pooled_projections": pooled})
-    packed = noise.view(1, 4, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 16, 16)
+    packed = flux_packed(noise)
     theirs = pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_inference_steps=4, guidance_scale=3.5,
                   latents=packed, height=16, width=16, output_type="latent").images
-    theirs = theirs.view(1, 4, 4, 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 4, 8, 8)
+    theirs = flux_unpacked(theirs)
     torch.testing.assert_close(ours, theirs, **TOL)
 
 
@@ -649,10 +658,10 @@ def test_flux_pipeline_with_its_text_encoders(tmp_path):
     pipe = diffusers.FluxPipeline.from_pretrained(tmp_path / "flux")
     pipe.set_progress_bar_config(disable=True)
     noise = Generators.seeded(5, 0, 1).randn(pipeline.draw_shape)
-    packed = noise.view(1, 4, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 16, 16)
+    packed = flux_packed(noise)
     latents = pipe("a red cat", num_inference_steps=4, guidance_scale=3.5, latents=packed, height=16, width=16,
                    output_type="latent").images
-    latents = latents.view(1, 4, 4, 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 4, 8, 8)
+    latents = flux_unpacked(latents)
     torch.testing.assert_close(ours, pipeline.codec.decode(latents), **TOL)
     assert (pipeline.sample(1, prompt="a blue dog", sampler="euler", steps=4, seed=5) - ours).abs().max() > 1e-3
 
