@@ -59,6 +59,27 @@ class GaussianMixture:
         """log p_t(x) of the noised marginal (t = 0 with sigma(0) = 0 is the data density)."""
         return torch.logsumexp(self._noised(x, t, process)[3], dim=1)
 
+    def posterior(self, matrix: torch.Tensor, y: torch.Tensor, noise_std: float) -> "GaussianMixturePosterior":
+        """p(x0 | y) for y = A x0 + noise_std n, A a [m, dim] matrix: again a mixture, of
+        N(m_k, C_k) with C_k = (I / s_k^2 + A^T A / s_y^2)^-1, m_k = C_k (mu_k / s_k^2 + A^T y / s_y^2),
+        weighted by w_k N(y; A mu_k, s_k^2 A A^T + s_y^2 I) (Bayes' rule per component)."""
+        a = torch.as_tensor(matrix, dtype=torch.float64)
+        y = torch.as_tensor(y, dtype=torch.float64).reshape(-1)
+        if a.ndim != 2 or a.shape[1] != self.dim or a.shape[0] != y.numel():
+            raise ValueError(f"A must be [m, {self.dim}] for y of m values; got A {tuple(a.shape)}, y {y.numel()}")
+        if noise_std <= 0 or (self.stds <= 0).any():
+            raise ValueError("the exact posterior needs noise_std > 0 and components of positive std")
+        var_y, eye = noise_std**2, torch.eye(self.dim, dtype=torch.float64)
+        means, covariances, log_weights = [], [], []
+        for mu, s, w in zip(self.means, self.stds, self.weights):
+            covariance = torch.linalg.inv(eye / s**2 + a.T @ a / var_y)
+            means.append(covariance @ (mu / s**2 + a.T @ y / var_y))
+            covariances.append(covariance)
+            evidence = torch.distributions.MultivariateNormal(a @ mu, s**2 * a @ a.T + var_y * torch.eye(len(y)))
+            log_weights.append(torch.log(w) + evidence.log_prob(y))
+        return GaussianMixturePosterior(torch.stack(means), torch.stack(covariances),
+                                        torch.softmax(torch.stack(log_weights), 0))
+
     def denoiser(self, process: GaussianPath) -> "MixtureDenoiser":
         return MixtureDenoiser(self, process)
 
@@ -79,3 +100,16 @@ class MixtureDenoiser:
         # E[x0 | x_t, k] = mu_k + alpha s_k^2 / var_k (x_t - alpha mu_k)
         per_k = m.means[None] + gain[:, :, None] * (x64[:, None, :] - a[:, :, None] * m.means[None])
         return (resp[:, :, None] * per_k).sum(1).reshape(x.shape).to(x.dtype)
+
+
+class GaussianMixturePosterior:
+    """sum_k weights_k N(means_k, covariances_k): the exact posterior of a GaussianMixture."""
+
+    def __init__(self, means: torch.Tensor, covariances: torch.Tensor, weights: torch.Tensor):
+        self.means, self.covariances, self.weights = means, covariances, weights
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
+        factors = torch.linalg.cholesky(self.covariances)
+        return self.means[k] + (factors[k] @ z[:, :, None])[:, :, 0]

@@ -21,9 +21,13 @@ from ..parameterization import PathCoefficients, check_prediction, to_x0
 from ..process import GaussianPath
 from .adaptive import adaptive
 from .ancestral import ddim, ddpm, euler_ancestral
-from .base import Generators, Grid
+from .base import Generators, Grid, eps_from_x0
+from .daps import daps
+from .ddrm import ddrm
+from .dps import dps
 from .dpm_solver import dpmpp_2m, dpmpp_2s, dpmpp_3m, sde_dpmpp_2m, sde_dpmpp_3m
 from .ode import euler, heun
+from .repaint import repaint
 from .sde import pc, sde
 from .schedules import SCHEDULES, make_times
 from .unipc import unipc
@@ -44,17 +48,26 @@ _SAMPLERS: dict[str, Callable] = {
     "pc": pc,
     "adaptive": adaptive,
 }
+# Samplers of the posterior p(x0 | y): each takes `measurement=` (diffuse.inverse.Measurement).
+_POSTERIOR_SAMPLERS: dict[str, Callable] = {"repaint": repaint, "dps": dps, "ddrm": ddrm, "daps": daps}
 
 
 def available() -> list[str]:
-    """Names accepted by `sample(sampler=...)`."""
+    """Names accepted by `sample(sampler=...)` that sample the model's own distribution."""
     return sorted(_SAMPLERS)
 
 
+def posterior_samplers() -> list[str]:
+    """Names accepted by `sample(sampler=..., measurement=...)`: samplers of p(x0 | y)."""
+    return sorted(_POSTERIOR_SAMPLERS)
+
+
 def get(name: str) -> Callable:
-    if name not in _SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; available: {', '.join(available())}")
-    return _SAMPLERS[name]
+    fn = _SAMPLERS.get(name) or _POSTERIOR_SAMPLERS.get(name)
+    if fn is None:
+        raise ValueError(f"unknown sampler {name!r}; available: {', '.join(available())}, "
+                         f"and given a measurement: {', '.join(posterior_samplers())}")
+    return fn
 
 
 @functools.lru_cache(maxsize=None)
@@ -163,6 +176,9 @@ def sample(model, process: GaussianPath, noise: torch.Tensor | None = None, samp
     """
     fn = get(sampler)
     unknown = set(options) - _options_of(fn)
+    if sampler in _POSTERIOR_SAMPLERS and options.get("measurement") is None:
+        raise ValueError(f"{sampler!r} samples the posterior given a measurement: pass measurement="
+                         "diffuse.inverse.measure(operator, images, sigma_y)")
     if unknown:
         raise ValueError(f"sampler {sampler!r} has no option(s) {sorted(unknown)}; "
                          f"it accepts {sorted(_options_of(fn)) or 'none'}")
@@ -181,6 +197,8 @@ def sample(model, process: GaussianPath, noise: torch.Tensor | None = None, samp
         raise ValueError(f"{name} must be a floating-point tensor of shape [B, ...]")
     if isinstance(generator, Generators) and len(generator) != start.shape[0]:
         raise ValueError(f"{len(generator)} per-sample generators for a batch of {start.shape[0]}")
+    if options.get("measurement") is not None and len(options["measurement"]) != start.shape[0]:
+        raise ValueError(f"a measurement of {len(options['measurement'])} for a batch of {start.shape[0]}")
     if hook is not None and fn is adaptive:
         raise ValueError("the adaptive sampler chooses its own steps; it has no steps for a hook to run between")
     if steps is None and (isinstance(schedule, str) or callable(schedule)):
@@ -203,6 +221,43 @@ def sample(model, process: GaussianPath, noise: torch.Tensor | None = None, samp
     return (x, denoise.calls) if return_nfe else x
 
 
+def invert(model, process: GaussianPath, x0: torch.Tensor, steps: int | None = None, prediction: str | None = None,
+           *, schedule="auto", cond: dict | None = None, fixed_point: int = 0, return_nfe: bool = False):
+    """DDIM inversion: the noise from which `sample(model, process, noise, sampler="ddim", steps=steps,
+    schedule=schedule, cond=cond)` draws x0, found by running the deterministic DDIM steps backwards.
+
+    Step i of DDIM maps x_i to x_{i+1} = alpha_{i+1} x0_hat + sigma_{i+1} eps_hat with (x0_hat, eps_hat) the
+    model's at x_i, so going back, x_i = alpha_i (x_{i+1} - sigma_{i+1} eps_hat) / alpha_{i+1} + sigma_i eps_hat,
+    needs eps_hat at the unknown x_i. The usual inversion reads it at the known x_{i+1} (at t_{i+1}; from the
+    clean end, at the lowest grid time), which is exact only as steps -> infinity. `fixed_point` > 0
+    re-reads it at the current x_i that many times (one model call each), the fixed-point iteration
+    of exact inversion, which makes the round trip much closer at few steps where the model is smooth.
+    """
+    prediction = prediction or getattr(model, "prediction", None)
+    if prediction is None:
+        raise ValueError("say what the model predicts: prediction='eps' | 'x0' | 'v' | 'score' | 'velocity'")
+    check_prediction(prediction)
+    if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.ndim < 1:
+        raise ValueError("x0 must be a floating-point tensor of shape [B, ...]")
+    if fixed_point < 0:
+        raise ValueError(f"fixed_point must be >= 0, got {fixed_point}")
+    if steps is None and (isinstance(schedule, str) or callable(schedule)):
+        steps = 10
+    grid = Grid.from_times(process, make_times(process, schedule, steps))
+    denoise = GridDenoiser(model, process, grid, prediction, x0.shape[0], x0.device, cond or {})
+    last = grid.steps - 1
+    x = x0
+    with torch.no_grad():
+        for i in reversed(range(grid.steps)):
+            target, read, at = x, x, min(i + 1, last)
+            for _ in range(1 + fixed_point):
+                eps = eps_from_x0(read, denoise(read, at), grid, at)
+                x = grid.a(i) * (target - grid.s(i + 1) * eps) / grid.a(i + 1) + grid.s(i) * eps
+                read, at = x, i
+    noise = x / process.prior_std
+    return (noise, denoise.calls) if return_nfe else noise
+
+
 class NonFiniteSampleError(ValueError):
     """Sampling produced NaN or infinity (the samples are not returned); `share` of them."""
 
@@ -211,5 +266,6 @@ class NonFiniteSampleError(ValueError):
         self.share = share
 
 
-__all__ = ["available", "get", "sample", "Grid", "GridDenoiser", "Generators", "NonFiniteSampleError", "SCHEDULES",
-           "make_times", *_SAMPLERS]
+__all__ = ["available", "posterior_samplers", "get", "sample", "invert", "Grid", "GridDenoiser", "Generators",
+           "NonFiniteSampleError", "SCHEDULES",
+           "make_times", *_SAMPLERS, *_POSTERIOR_SAMPLERS]
