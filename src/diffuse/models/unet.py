@@ -18,6 +18,7 @@ the output would have to be cropped back, which is easy to get subtly wrong. Pic
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -304,6 +305,39 @@ def down_path(c: UNetConfig, emb_dim: int) -> tuple[nn.ModuleList, list[int]]:
     return down, skip_widths
 
 
+def middle_path(c: UNetConfig, width: int, emb_dim: int) -> tuple[Stage, Stage | None]:
+    """The block at the lowest resolution (with attention if the lowest level has it), and with
+    ``middle_blocks=2`` a second, attention-free one. A single block keeps the default network
+    under 4M parameters; at 8x8 the lowest level is 4x4, where one attention layer already sees
+    every pixel."""
+    last = len(c.channel_mults) - 1
+    middle = make_stage(c, width, width, last, emb_dim)
+    middle2 = Stage(ResBlock(width, width, emb_dim, c.dropout, c.groups), None) if c.middle_blocks == 2 else None
+    return middle, middle2
+
+
+def encode(net: nn.Module, x: Tensor, noise_level: Tensor, labels: Tensor | None, context: Tensor | None,
+           context_mask: Tensor | None, hint: Tensor | None = None) -> tuple[Tensor, list[Tensor], Tensor]:
+    """The encoder half of a U-Net: (the middle's output, every skip in the order pushed, the
+    conditioning vector). `net` holds the modules of the half (``condition``, ``input``, ``down``,
+    ``middle``, ``middle2``): a UNet, or the trainable copy of one in a control adapter
+    (models/control.py), whose control image enters as ``hint``, added to the input conv's features."""
+    check_image(net.config, x, type(net).__name__)
+    check_context(net.config.context_dim, context, context_mask, x.shape[0])
+    emb = net.condition(noise_level, labels, x.shape[0], context, context_mask)
+    h = net.input(x)
+    if hint is not None:
+        h = h + hint
+    skips = [h]
+    for module in net.down:
+        h = module(h, emb, context, context_mask) if isinstance(module, Stage) else module(h)
+        skips.append(h)
+    h = net.middle(h, emb, context, context_mask)
+    if net.middle2 is not None:
+        h = net.middle2(h, emb)
+    return h, skips, emb
+
+
 def check_image(c: UNetConfig, x: Tensor, owner: str) -> None:
     """Raise unless x is [B, in_channels, H, W] with H and W divisible at every level."""
     if x.ndim != 4 or x.shape[1] != c.in_channels:
@@ -335,14 +369,8 @@ class UNet(nn.Module):
         self.down, skip_widths = down_path(c, emb_dim)
         width = skip_widths[-1]
         widths = c.level_widths
-        last = len(widths) - 1
-
-        # Middle: one more block (with attention if the lowest level has it) between the
-        # paths. A single block keeps the default network under 4M parameters; at 8x8 the
-        # lowest level is 4x4, where one attention layer already sees every pixel.
-        self.middle = make_stage(c, width, width, last, emb_dim)
-        self.middle2 = Stage(ResBlock(width, width, emb_dim, c.dropout, c.groups), None) \
-            if c.middle_blocks == 2 else None
+        # Middle: one more block (or two) between the paths.
+        self.middle, self.middle2 = middle_path(c, width, emb_dim)
 
         # Up path: one more block per level than going down, so that the skip pushed by
         # each downsample (and by the input conv) is consumed too.
@@ -362,22 +390,20 @@ class UNet(nn.Module):
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
-    def check_input(self, x: Tensor) -> None:
-        check_image(self.config, x, "UNet")
-
     def forward(self, x: Tensor, noise_level: Tensor, labels: Tensor | None = None, *,
-                context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
-        self.check_input(x)
-        check_context(self.config.context_dim, context, context_mask, x.shape[0])
-        emb = self.condition(noise_level, labels, x.shape[0], context, context_mask)
-        h = self.input(x)
-        skips = [h]
-        for module in self.down:
-            h = module(h, emb, context, context_mask) if isinstance(module, Stage) else module(h)
-            skips.append(h)
-        h = self.middle(h, emb, context, context_mask)
-        if self.middle2 is not None:
-            h = self.middle2(h, emb)
+                context: Tensor | None = None, context_mask: Tensor | None = None,
+                skip_residuals: Sequence[Tensor] | None = None, middle_residual: Tensor | None = None) -> Tensor:
+        """``skip_residuals`` (one per skip, in the order pushed: the input conv's first) and
+        ``middle_residual`` are added to the skip connections and to the middle's output: where a
+        control adapter steers the frozen network, as in ControlNet; the path into the middle
+        stays the network's own."""
+        h, skips, emb = encode(self, x, noise_level, labels, context, context_mask)
+        if middle_residual is not None:
+            h = h + middle_residual
+        if skip_residuals is not None:
+            if len(skip_residuals) != len(skips):
+                raise ValueError(f"the UNet has {len(skips)} skip connections; got {len(skip_residuals)} residuals")
+            skips = [skip + residual for skip, residual in zip(skips, skip_residuals)]
         for module in self.up:
             if isinstance(module, Stage):
                 h = module(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
