@@ -23,12 +23,13 @@ from torch import nn
 from .autoencoder import AutoencoderConfig, AutoencoderKL, autoencoder_config, build_autoencoder
 from .classifier import (MLPClassifier, MLPClassifierConfig, UNetClassifier, UNetClassifierConfig,
                          default_classifier)
+from .control import ControlledUNet, ControlledUNetConfig
 from .dit import DIT_CONFIGS, DiT, DiTConfig, dit_config
 from .mlp import MLP, MLPConfig
 from .text import TextConditioned, TextConditionedConfig, TextEncoder, text_network
 from .unet import UNet, UNetConfig
 
-__all__ = ["MLP", "MLPConfig", "UNet", "UNetConfig", "DiT", "DiTConfig", "DIT_CONFIGS",
+__all__ = ["MLP", "MLPConfig", "UNet", "UNetConfig", "ControlledUNet", "ControlledUNetConfig", "DiT", "DiTConfig", "DIT_CONFIGS",
            "dit_config", "TextConditioned", "TextConditionedConfig", "TextEncoder", "text_network", "NETWORKS", "build_network", "network_config",
            "AutoencoderKL", "AutoencoderConfig", "build_autoencoder", "autoencoder_config",
            "CLASSIFIERS", "build_classifier", "classifier_config", "default_classifier",
@@ -40,6 +41,7 @@ NETWORKS: dict[str, tuple[type[nn.Module], type]] = {
     "unet": (UNet, UNetConfig),
     "dit": (DiT, DiTConfig),
     "text": (TextConditioned, TextConditionedConfig),
+    "control": (ControlledUNet, ControlledUNetConfig),
 }
 
 # The noise-aware classifiers of classifier guidance, ``net(x, noise_level) -> logits``: a
