@@ -89,7 +89,7 @@ class Pipeline:
                tokens: torch.Tensor | None = None, guidance: float = 0.0, classifier=None,
                classifier_scale: float = 1.0, sampler: str | None = None, steps: int | None = None,
                schedule=None, seed: int = 0, batch_size: int = 500, device=None,
-               callback: Callable | None = None, **options) -> torch.Tensor:
+               callback: Callable | None = None, cond: dict | None = None, **options) -> torch.Tensor:
         """n samples [n, *shape] in the data's range, sample k a function of (seed, k) alone.
 
         labels     [n] class labels (a class model, or the target of classifier guidance)
@@ -100,6 +100,8 @@ class Pipeline:
                    classifier-free guidance is the inner wrapper and classifier guidance the outer
         sampler, steps, schedule   default to the run's; `options` go to the sampler
         callback   called after every model evaluation with {"i", "t", "x", "denoised", "batch"}
+        cond       more of the model's conditions by keyword, each [n, ...] or one value for all (a
+                   control adapter's `control` images and `control_scale`)
         """
         whole_number("n", n, 1), whole_number("batch_size", batch_size, 1), whole_number("seed", seed, 0)
         in_range("guidance", guidance, 0, math.inf), in_range("classifier_scale", classifier_scale, 0, math.inf)
@@ -113,7 +115,7 @@ class Pipeline:
             text = self.encode_prompt(prompt, n)
         elif self.prompt_encoder is not None:  # a pretrained text model always reads text: no prompt is ""
             text = self.encode_prompt("", n)
-        cond = {**self._cond(n, labels, text.pop("tokens", tokens), classifier), **text}
+        cond = {**self._cond(n, labels, text.pop("tokens", tokens), classifier), **text, **self._given(n, cond)}
         if guidance and labels is None and not cond:
             raise ValueError("guidance needs labels or a prompt")
         if classifier is not None:
@@ -187,6 +189,22 @@ class Pipeline:
                 raise ValueError(f"tokens must be [n={n}, L], got {tuple(tokens.shape)}")
             cond["tokens"] = tokens
         return cond
+
+    def _given(self, n: int, cond: dict | None) -> dict:
+        """The conditions given by keyword, checked against the model's and spread over n samples."""
+        out = {}
+        for argument, value in (cond or {}).items():
+            if self.condition(argument) is None or argument in ("labels", "tokens"):
+                known = [c.argument for c in self.conditions if c.argument not in ("labels", "tokens")]
+                raise ValueError(f"this model takes no condition {argument!r} by keyword"
+                                 f"{'; it takes ' + ', '.join(known) if known else ''} (labels and prompts have "
+                                 "their own arguments)")
+            value = torch.as_tensor(value)
+            value = value.expand(n) if value.ndim == 0 else value
+            if len(value) != n:
+                raise ValueError(f"{len(value)} rows of {argument!r} for n={n} samples")
+            out[argument] = value
+        return out
 
     def _non_finite_cause(self, share: float, sampler: str, guidance: float) -> str:
         """What went wrong, with the likeliest cause first: the model's weights, its precision, a

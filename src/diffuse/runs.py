@@ -24,16 +24,21 @@ USES = {"autoencoder": "train a diffusion model on its latents with `diffuse tra
         "classifier": "it guides a diffusion model with `diffuse sample RUN --classifier {run}`"}
 
 
-def restore(run, *, ema: bool = True, device="cpu", kind: str | None = None,
+# The kinds of run a sampling pipeline is loaded from: a diffusion model, or one steered by a control adapter.
+SAMPLED = ("diffusion", "control")
+
+
+def restore(run, *, ema: bool = True, device="cpu", kind: str | tuple[str, ...] | None = None,
             overrides: dict | None = None) -> tuple[Task, nn.Module, RunConfig, ckpt.StoredRun]:
     """(task, trained module in eval mode, run config, what config.json says) of a run or a
-    checkpoint folder (or what read_run already read of one); `kind` the task kind it must be;
+    checkpoint folder (or what read_run already read of one); `kind` the task kind (or kinds) it must be;
     `overrides` task fields to replace first (e.g. a moved autoencoder's path)."""
     stored = run if isinstance(run, ckpt.StoredRun) else ckpt.read_run(run)
-    if kind is not None and stored.kind != kind:
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds is not None and stored.kind not in kinds:
         use = USES.get(stored.kind, "").format(run=run)
         raise ckpt.CheckpointError(f"{stored.folder} is a{'n' if stored.kind[:1] in 'aeiou' else ''} {stored.kind} run, "
-                                   f"not a {kind} run{'; ' + use if use else ''}")
+                                   f"not a {' run or a '.join(kinds)} run{'; ' + use if use else ''}")
     file = stored.folder / "config.json"
     config = RunConfig.from_dict(stored.config, str(file))
     if overrides:
@@ -65,7 +70,7 @@ def load(run, *, ema: bool = True, device="cpu", autoencoder=None, diffusers_con
     if is_pretrained(run):
         return from_diffusers(run, config=diffusers_config, device=device)
     overrides = {"latent": str(autoencoder)} if autoencoder is not None else None
-    task, model, config, stored = restore(run, ema=ema, device=device, kind="diffusion", overrides=overrides)
+    task, model, config, stored = restore(run, ema=ema, device=device, kind=SAMPLED, overrides=overrides)
     pipeline = task.pipeline(model)
     pipeline.config, pipeline.stored = config, stored
     return pipeline

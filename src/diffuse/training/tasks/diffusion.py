@@ -261,11 +261,15 @@ class DiffusionTask(Task):
             return [{"params": rest}]
         return [{"params": rest}, {"params": list(text.parameters()), "lr_scale": scale}]
 
+    def conditioning(self, batch: dict, generator: torch.Generator) -> dict:
+        """The model's keywords for a training batch: its conditions, a share `label_dropout` of them null."""
+        if not self.conditions:
+            return {}
+        dropped = torch.rand(len(batch["x"]), generator=generator) < self.config.label_dropout
+        return {c.argument: c.drop(batch[c.key], dropped) for c in self.conditions}
+
     def loss(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        cond = {}
-        if self.conditions:
-            dropped = torch.rand(len(batch["x"]), generator=generator) < self.config.label_dropout
-            cond = {c.argument: c.drop(batch[c.key], dropped) for c in self.conditions}
+        cond = self.conditioning(batch, generator)
         return self.loss_fn(model, batch["x"], cond, generator=generator, mask=batch.get("mask"))
 
     def pipeline(self, model: nn.Module) -> Pipeline:
