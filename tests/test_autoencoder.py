@@ -19,7 +19,7 @@ from diffuse.data import TensorDataset, load_dataset
 from diffuse.latent import latent_scale, load_autoencoder
 from diffuse.models import AutoencoderConfig, AutoencoderKL, autoencoder_config, build_autoencoder
 from diffuse.training import AutoencoderTaskConfig, Engine, RunConfig
-from diffuse.training.tasks.autoencoder import psnr
+from diffuse.image_metrics import psnr
 
 torch.set_num_threads(1)
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from ...configs import check_choices, option, whole_number
-from ...data import Dataset, to_unit
+from ...data import Dataset
+from ...image_metrics import psnr
 from ...latent import latent_scale
 from ...models.autoencoder import AutoencoderConfig, AutoencoderKL, build_autoencoder
 from ..task import Task, TaskConfig, register
@@ -45,12 +46,6 @@ class AutoencoderTaskConfig(TaskConfig):
             whole_number("scale_examples", self.scale_examples, 1)
         if self.factor is not None:
             AutoencoderConfig.for_factor(self.factor)  # a power of two, or a clear error
-
-
-def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB [N] of [-1, 1] images, measured in [0, 1] (reconstructions clamped)."""
-    mse = (to_unit(reconstructions.float()) - to_unit(images.float())).pow(2).flatten(1).mean(1)
-    return -10 * torch.log10(mse.clamp_min(1e-10))  # a perfect copy reads 100 dB, not infinity
 
 
 @register
