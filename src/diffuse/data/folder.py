@@ -112,6 +112,19 @@ def crop(image: Image.Image, height: int, width: int, generator: torch.Generator
     return image.crop((left, top, left + width, top + height))
 
 
+def as_tensor(image: Image.Image, full_scale: float, channels: int) -> torch.Tensor:
+    """A picture from `with_channels` as float32 [channels, H, W] in [-1, 1]."""
+    pixels = np.asarray(image, dtype=np.float32).reshape(image.height, image.width, -1)
+    pixels = np.broadcast_to(pixels, (image.height, image.width, channels))  # a 16-bit grey as RGB
+    return (torch.from_numpy(pixels.transpose(2, 0, 1).copy()) * (2.0 / full_scale) - 1.0).clamp(-1, 1)
+
+
+def read_picture(path: Path, channels: int, height: int, width: int) -> torch.Tensor:
+    """One image file as [channels, height, width] in [-1, 1], scaled to cover the size and centre-cropped."""
+    image, full_scale = with_channels(read_image(Path(path)), channels)
+    return as_tensor(resize_and_crop(image, height, width), full_scale, channels)
+
+
 def resize_and_crop(image: Image.Image, height: int, width: int) -> Image.Image:
     """Scale so the image just covers height x width, then cut out the centre."""
     return crop(resize_to_cover(image, height, width), height, width, None)
@@ -176,12 +189,10 @@ class ImageFolder(Dataset):
             raise ValueError(f"{path} is {image.width}x{image.height}, not {width}x{height} like the rest")
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         image = crop(resize_to_cover(image, height, width), height, width, None if self.center_crop else generator)
-        pixels = np.asarray(image, dtype=np.float32).reshape(height, width, -1)
-        pixels = np.broadcast_to(pixels, (height, width, self.channels))  # a 16-bit grey as RGB
-        x = torch.from_numpy(pixels.transpose(2, 0, 1).copy()) * (2.0 / full_scale) - 1.0
+        x = as_tensor(image, full_scale, self.channels)
         if self.random_flip and seed is not None and flips(seed):
             x = x.flip(-1)
-        out = {"x": x.clamp(-1, 1)}
+        out = {"x": x}
         if self._labels is not None:
             out["label"] = self._labels[index]
         return out
