@@ -9,6 +9,8 @@
     diffuse sample RUN --n N [--labels 0-9 | --prompt TEXT] [--guidance W] [--classifier CLF_RUN]
                    [--sampler NAME --steps K] [--seed S] --out FILE.png | FILE.npz
     diffuse eval RUN [--n N] [--sampler NAME --steps K --guidance W] [--out FILE.json]
+    diffuse edit RUN --task inpaint|superres|deblur|colorize|saturate|sdedit --input IMAGES
+                 [--method ddrm|dps|daps|repaint] [--sigma-y S] --out FILE.png | FILE.npz
 
 Every field of a run's config is a flag of `diffuse train` (its help and choices come from the
 config dataclasses themselves: diffuse.configs.option), nested fields are reached with
@@ -24,10 +26,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import typing
 from pathlib import Path
+
+from .cli_args import check_out, number, parse_labels, sampling_arguments
 
 # A field whose flag differs from its name.
 FLAG_NAMES = {("data", "name"): "data", ("data", "options"): "data-options"}
@@ -44,43 +47,8 @@ def version() -> str:
         return __version__
 
 
-def parse_labels(text: str | None) -> list[int] | None:
-    """'0-9' -> [0..9]; '3,5,7' -> [3, 5, 7]; ranges and lists mix ('0-2,7')."""
-    if text is None:
-        return None
-    labels = []
-    for part in text.split(","):
-        part = part.strip()
-        lo, dash, hi = part.partition("-")
-        try:
-            labels += list(range(int(lo), int(hi) + 1)) if dash else [int(part)]
-        except ValueError:
-            raise ValueError(f"cannot read labels {text!r}: use a range like 0-9 or a list like 3,5,7") from None
-    if not labels:
-        raise ValueError(f"no labels in {text!r}")
-    return labels
-
 
 # -- values of flags ------------------------------------------------------------------------------------
-
-def number(kind, low: float = -math.inf, optional: bool = False):
-    """An argparse type: a finite int or float >= low, or "none" when optional; the message names
-    the accepted range."""
-    def parse(text: str):
-        if optional and text.lower() in ("none", "null"):
-            return None
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if not math.isfinite(value) or value < low:
-            bound = f" >= {low:g}" if math.isfinite(low) else ""
-            raise argparse.ArgumentTypeError(f"expected a finite number{bound}{', or none' if optional else ''}, "
-                                             f"got {text!r}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
 
 def json_value(text: str):
     try:
@@ -280,15 +248,6 @@ def _classifier(args):
     return load_classifier(args.classifier, device=args.device or "cpu")
 
 
-def check_out(path: str, suffixes: tuple[str, ...]) -> Path:
-    """An output path, checked before any work: its suffix, and not a folder."""
-    out = Path(path)
-    if out.suffix not in suffixes:
-        raise ValueError(f"--out must end in {' or '.join(suffixes)}, got {out.name!r}")
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name ending in {' or '.join(suffixes)}")
-    return out
-
 
 def _sample(args, given: dict) -> int:
     import numpy as np
@@ -457,6 +416,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     export.add_argument("out", help="the folder to write")
     export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     export.set_defaults(handler=_export)
+
+    from .edit_cli import add_parser as edit_parser
+    edit_parser(commands)
     return parser
 
 
@@ -505,28 +467,6 @@ def train_parser(commands, argv: list[str]) -> None:
                 "train": TrainConfig}
     config_flags(train, sections, defaults)
     train.set_defaults(handler=_train)
-
-
-def sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    from .samplers import SCHEDULES, available
-
-    parser.add_argument("run", help="run directory, checkpoint folder, diffusers pipeline folder or single-file "
-                                    "checkpoint (.safetensors, with --diffusers-config)")
-    parser.add_argument("--diffusers-config", help="for a single-file checkpoint: a diffusers folder of the same "
-                                                   "architecture, whose configs and tokenizer it needs")
-    parser.add_argument("--sampler", choices=available(), help="default: the run's")
-    parser.add_argument("--steps", type=number(int, 1), help="sampler steps (default: the run's)")
-    parser.add_argument("--schedule", choices=("auto", *SCHEDULES), help="step schedule (default: the run's)")
-    parser.add_argument("--guidance", type=number(float, 0.0), default=0.0,
-                        help="classifier-free guidance weight w >= 0 (default: 0, none)")
-    parser.add_argument("--classifier", help="a classifier run (diffuse train --task classifier) to guide towards "
-                                             "the labels")
-    parser.add_argument("--classifier-scale", dest="classifier_scale", type=number(float, 0.0), default=1.0,
-                        help="classifier guidance scale s >= 0 (default 1: the class-conditional distribution "
-                             "for an exact classifier)")
-    parser.add_argument("--seed", type=number(int, 0), default=0, help="sample k depends on (seed, k) only (default: 0)")
-    parser.add_argument("--no-ema", dest="no_ema", action="store_true", help="use the raw weights, not the EMA")
-    parser.add_argument("--device", help="cpu | cuda | cuda:N (default: cpu)")
 
 
 def main(argv: list[str] | None = None) -> int:
