@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-import diffuse
 from diffuse import EDM, VP, Flow, GaussianMixture
 from diffuse.inverse import (MASKS, Blur, Downsample, Grayscale, Inpaint, Measurement, Saturation, gaussian_kernel,
                              measure, motion_kernel)

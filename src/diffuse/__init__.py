@@ -13,17 +13,17 @@ from .denoiser import Denoiser
 from .objectives import DenoisingLoss, sample_times
 from .parameterization import PREDICTIONS, convert
 from .process import EDM, VE, VP, DiscreteVP, Flow, GaussianPath, get_process, process_from_config
-from .samplers import sample
+from .samplers import invert, sample
 
 __version__ = "0.2.0"
 
 _LAZY = ("models", "data", "training", "metrics", "cli", "checkpoint", "text", "pipeline", "recipes", "runs",
-         "latent", "plotting", "conditions", "configs", "interop")
+         "latent", "plotting", "conditions", "configs", "interop", "inverse", "image_metrics")
 # Names of the outer layers, loaded on first use: {name: module}
 _LAZY_NAMES = {"load": "runs", "load_classifier": "runs", "load_autoencoder": "runs", "Pipeline": "pipeline",
                "recipe": "recipes", "train": "training", "Engine": "training", "RunConfig": "training",
                "TrainConfig": "training", "DiffusionTaskConfig": "training", "DataConfig": "data",
-               "from_diffusers": "interop"}
+               "from_diffusers": "interop", "measure": "inverse"}
 
 
 def __getattr__(name):
@@ -36,4 +36,4 @@ def __getattr__(name):
 
 __all__ = ["GaussianPath", "VP", "DiscreteVP", "VE", "EDM", "Flow", "get_process",
            "process_from_config", "PREDICTIONS", "convert", "DenoisingLoss", "sample_times",
-           "Denoiser", "GaussianMixture", "sample", "samplers"]
+           "Denoiser", "GaussianMixture", "sample", "invert", "samplers"]

@@ -89,7 +89,8 @@ class Pipeline:
                tokens: torch.Tensor | None = None, guidance: float = 0.0, classifier=None,
                classifier_scale: float = 1.0, sampler: str | None = None, steps: int | None = None,
                schedule=None, seed: int = 0, batch_size: int = 500, device=None,
-               callback: Callable | None = None, cond: dict | None = None, **options) -> torch.Tensor:
+               callback: Callable | None = None, cond: dict | None = None, measurement=None,
+               init: torch.Tensor | None = None, t_start: float | None = None, **options) -> torch.Tensor:
         """n samples [n, *shape] in the data's range, sample k a function of (seed, k) alone.
 
         labels     [n] class labels (a class model, or the target of classifier guidance)
@@ -99,6 +100,10 @@ class Pipeline:
                    adding classifier guidance of `classifier_scale` towards `labels`; with both,
                    classifier-free guidance is the inner wrapper and classifier guidance the outer
         sampler, steps, schedule   default to the run's; `options` go to the sampler
+        measurement  a `diffuse.inverse.Measurement` of n images: draw from p(x | y) with a posterior
+                   sampler (repaint, dps, ddrm, daps; `diffuse.samplers.posterior_samplers()`)
+        init, t_start  [n, *shape] images to start from, noised to time t_start with each sample's own
+                   noise, the steps then running from t_start down (SDEdit, strength t_start)
         callback   called after every model evaluation with {"i", "t", "x", "denoised", "batch"}
         cond       more of the model's conditions by keyword, each [n, ...] or one value for all (a
                    control adapter's `control` images and `control_scale`)
@@ -108,6 +113,7 @@ class Pipeline:
         if steps is not None:
             whole_number("steps", steps, 1)
         steps = self.steps if steps is None else steps
+        self._check_start(n, measurement, init, t_start)
         text = {}
         if prompt is not None:
             if tokens is not None:
@@ -150,8 +156,13 @@ class Pipeline:
                 if target is not None and "labels" not in part:
                     part = {**part, "labels": target[start:start + count].to(device)}
                 report = None if callback is None else (lambda info, s=start: callback({**info, "batch": s}))
+                rows = slice(start, start + count)
+                if measurement is not None:
+                    options["measurement"] = measurement[rows]
+                x_start = None if init is None else self.process.add_noise(init[rows].to(device, dtype), t_start, noise)
                 try:
-                    drawn = sample(wrapped, self.process, noise, sampler=sampler or self.sampler, steps=steps,
+                    drawn = sample(wrapped, self.process, None if init is not None else noise, x_start=x_start,
+                                   t_start=None if init is None else t_start, sampler=sampler or self.sampler, steps=steps,
                                    prediction=self.prediction, cond=part, clip_denoised=self.clip_denoised,
                                    schedule=self.schedule if schedule is None else schedule,
                                    generator=generators, callback=report, **options)
@@ -167,6 +178,24 @@ class Pipeline:
             share = float((~torch.isfinite(images)).flatten(1).any(1).double().mean())
             raise NonFiniteSampleError(self._non_finite_cause(share, sampler or self.sampler, guidance), share)
         return images
+
+    def _check_start(self, n: int, measurement, init, t_start) -> None:
+        """Raise unless a measurement or start images fit n samples of this pipeline."""
+        if (init is None) != (t_start is None):
+            raise ValueError("init and t_start go together: the images to start from and the time to noise them to")
+        if (measurement is not None or init is not None) and self.codec is not None:
+            raise ValueError("editing a latent model is not supported: measurements and start images are pixels, "
+                             "the model samples latents")
+        if measurement is not None and len(measurement) != n:
+            raise ValueError(f"a measurement of {len(measurement)} images for n={n} samples")
+        if measurement is not None and tuple(measurement.operator.shape) != self.shape:
+            raise ValueError(f"the operator acts on images of shape {measurement.operator.shape}; "
+                             f"this model's are {self.shape}")
+        if init is not None:
+            if not isinstance(init, torch.Tensor) or tuple(init.shape) != (n, *self.shape):
+                got = tuple(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__
+                raise ValueError(f"init must be [n={n}, {', '.join(map(str, self.shape))}], got {got}")
+            in_range("t_start", t_start, 0, self.process.t_max, low_open=True)
 
     def _cond(self, n: int, labels, tokens, classifier) -> dict:
         """The model's own condition entries for n samples, checked."""

@@ -50,6 +50,10 @@ class Operator:
         _check_images(x, self.shape, self.name)
         return self.apply(x)
 
+    def preview(self, y: torch.Tensor) -> torch.Tensor:
+        """A measurement as an image of the input's shape, to look at."""
+        return y
+
     @property
     def lipschitz(self) -> float:
         """An upper bound on ||A(x) - A(x')|| / ||x - x'||, for step sizes of gradient methods."""
@@ -112,6 +116,9 @@ class LinearOperator(Operator):
     def null_part(self, x: torch.Tensor) -> torch.Tensor:
         """(I - V V^T) x, the part of x that A does not see."""
         return x - self.from_spectral(self.spectral(x), x)
+
+    def preview(self, y: torch.Tensor) -> torch.Tensor:
+        return self.pinv(y)
 
     def pinv(self, y: torch.Tensor) -> torch.Tensor:
         """A^+ y: the least-norm image that explains y."""
@@ -234,6 +241,9 @@ class Grayscale(LinearOperator):
         super().__init__(shape)
         if self.shape[0] != 3:
             raise ValueError(f"colourisation needs RGB images (3 channels), these have {self.shape[0]}")
+
+    def preview(self, y):
+        return y.expand(-1, 3, -1, -1)
 
     def apply(self, x):
         w = torch.tensor(self.weights, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
