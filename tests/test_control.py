@@ -135,3 +135,38 @@ def test_control_run_trains_saves_loads_and_samples(tmp_path):
         pipeline.sample(2, cond={"hint": control}, steps=2)
     with pytest.raises(ValueError, match="needs its control image"):
         pipeline.sample(2, steps=2)
+
+
+def test_train_control_command(tmp_path, capsys):
+    """The command's own parser and handler (diffuse.cli wires them in as `diffuse train-control`)."""
+    import argparse
+
+    import numpy as np
+
+    from diffuse import control_cli
+
+    data = DataConfig("shapes", options={"n": 16})
+    small = {k: v for k, v in UNET.items() if k != "in_channels"}
+    train(RunConfig(DiffusionTaskConfig(network=small, sample_steps=2, grid_size=2), data,
+                    TrainConfig(steps=1, batch_size=8, checkpoint_every=1, warmup_steps=1)), tmp_path / "base",
+          progress=False)
+    parser = argparse.ArgumentParser()
+    control_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train-control", str(tmp_path / "base"), "--out", str(tmp_path / "control"),
+                              "--steps", "1", "--batch-size", "8", "--eval-n", "2", "--quiet"])
+    assert args.handler(args, {}) == 0
+    assert "IoU of the samples' shapes" in capsys.readouterr().out
+    pipeline = diffuse.load(tmp_path / "control")
+    assert pipeline.config.train.steps == 1 and pipeline.config.data == diffuse.load(tmp_path / "base").config.data
+
+    sample = argparse.ArgumentParser()
+    control_cli.sample_arguments(sample)
+    pictures = tmp_path / "pictures.npz"
+    images = load_shapes("test", n=2).data
+    np.savez(pictures, images=(images.permute(0, 2, 3, 1).numpy() + 1) / 2)
+    cond = control_cli.sample_cond(sample.parse_args(["--control-from", str(pictures), "--control-scale", "0.5"]),
+                                   pipeline, 3)
+    assert cond["control"].shape == (3, 1, 32, 32) and cond["control_scale"] == 0.5
+    assert torch.equal(cond["control"][2], outline_control(images)[0])
+    with pytest.raises(ValueError, match="give its control images"):
+        control_cli.sample_cond(sample.parse_args([]), pipeline, 3)
