@@ -176,3 +176,38 @@ def test_ddim_inversion_round_trips(process):
     # the noise found is standard normal, and the round trip is close; re-reading eps makes it exact
     assert abs(float(noise.std()) - 1) < 0.15
     assert errors[0] < 0.02 and errors[2] < 0.01 and errors[2] < errors[0] / 1.4, errors
+
+
+def test_classical_baselines():
+    from diffuse.inverse import PixelRegression, Wiener, bicubic, mean_fill, nearest_consistent, nearest_fill
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mask = torch.ones(8, 8)
+    mask[:, 4:] = 0
+    m = measure(Inpaint(mask), x)
+    filled = nearest_fill(m)
+    assert torch.equal(filled[..., :4], x[..., :4]) and torch.equal(filled[..., 4:], x[..., 3:4].expand(-1, -1, -1, 4))
+    assert torch.allclose(mean_fill(m)[..., 4:], x[..., :4].mean((2, 3), keepdim=True).expand(-1, -1, 8, 4))
+    smooth = torch.linspace(-1, 1, 8).expand(1, 1, 8, 8)
+    assert torch.allclose(bicubic(measure(Downsample((1, 8, 8), 2), smooth)), smooth, atol=0.15)
+    # the Wiener filter is the exact posterior mean under its own Gaussian prior
+    prior = GaussianMixture(torch.zeros(1, 64) + 0.1, 0.4)
+    op = Blur((1, 8, 8), gaussian_kernel(5, 1.0))
+    blurred = measure(op, x[:1], sigma_y=0.05, seed=3)
+    exact = prior.posterior(op.matrix, blurred.y.reshape(-1), blurred.noise_std).means[0]
+    restored = Wiener(torch.full((1, 8, 8), 0.1, dtype=torch.float64), 0.16)(blurred)
+    assert torch.allclose(restored.reshape(-1).double(), exact, atol=1e-4)
+    # colour that is a per-pixel line of grey is regressed exactly; the nearest image is found
+    grey = torch.rand(50, 1, 4, 4, generator=torch.Generator().manual_seed(1)) - 0.5
+    rgb = torch.cat([0.8 * grey + 0.1, -0.5 * grey, 1.2 * grey - 0.1], 1)
+    recovered = PixelRegression.fit(rgb)(measure(Grayscale((3, 4, 4)), rgb[:5]))
+    assert torch.allclose(recovered, rgb[:5], atol=1e-5)
+    assert torch.equal(nearest_consistent(measure(op, x[2:3]), x), x[2:3])
+
+
+def test_repaint_keeps_the_seen_pixels_exactly_without_noise():
+    process = VP("linear")
+    op = Inpaint(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    truth = MIXTURE.means[2].reshape(1, *SHAPE).float().expand(8, *SHAPE)
+    x = sample(MIXTURE.denoiser(process), process, torch.randn(8, *SHAPE), sampler="repaint", steps=20,
+               measurement=measure(op, truth), jump_length=5, resamplings=2)
+    assert torch.allclose(op(x), op(truth), atol=1e-6)

@@ -9,28 +9,42 @@ seen one, so every chunk of `jump_length` steps is run `resamplings` times, goin
 runs with the forward process q(x_i | x_{i+jump}) in one Gaussian draw (the composition of the
 single-step forward transitions the paper takes one by one). The paper's setting is jump 10,
 10 resamplings: about 10x the model calls of the steps.
+
+The paper puts the noisy y in as it is. Here the measurement's noise is accounted for: component j
+of y_bar carries noise sigma_y / s_j, so it replaces x_t's component only while that is below
+x_t's own noise level rho_t (it is then noised the rest of the way up); below that level x_t knows
+the component better than y does and keeps it. For an inpainting mask with sigma_y = 0 this is the
+paper's rule at every step; without it, a blur's small singular values amplify the noise of y into
+the image (the pseudo-inverse's failure).
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
+
 from .ancestral import ancestral_step, posterior_variance
 from .base import Grid, gaussian_like
 
 
 def repaint(denoise, x, grid: Grid, generator=None, *, measurement, jump_length: int = 10, resamplings: int = 10):
-    """Inpainting (and any linear measurement) by replacement with resampling; sigma_y is not
-    modelled: the noisy y is put in as it is, as the paper does."""
+    """Inpainting (and any linear measurement) by replacement with resampling."""
     if jump_length < 1 or resamplings < 1:
         raise ValueError(f"jump_length and resamplings must be >= 1, got {jump_length} and {resamplings}")
     operator = measurement.linear("repaint")
-    seen = operator.measured(measurement.y) / operator.svd[1]        # y_bar [B, r]
+    s = operator.svd[1]
+    seen = (operator.measured(measurement.y) / s).to(x.device)          # y_bar [B, r]
+    level = (measurement.noise_std / s).to(x.device)                     # the noise already in y_bar_j
 
     def replace_seen(x, i):
-        z = gaussian_like(x, generator)
-        noised = grid.a(i) * seen.to(x.device) + grid.s(i) * operator.spectral(z)
-        return operator.null_part(x) + operator.from_spectral(noised, x)
+        # Component j is known better from y than from x_t while its noise is below x_t's (rho_i);
+        # y_bar_j is then noised up to rho_i, x_t's own noise level: alpha y_bar + sqrt(sigma^2 - alpha^2 level^2) z.
+        a, sigma = grid.a(i), grid.s(i)
+        z = operator.spectral(gaussian_like(x, generator))
+        noised = a * seen + (sigma**2 - (a * level) ** 2).clamp_min(0).sqrt() * z
+        row = torch.where(a * level <= sigma, noised, operator.spectral(x))
+        return operator.null_part(x) + operator.from_spectral(row, x)
 
     start = 0
     while start < grid.steps:
