@@ -125,3 +125,26 @@ def test_make_operator_names_what_it_accepts():
         make_operator("paint", (1, 8, 8))
     with pytest.raises(ValueError, match="choose gaussian or motion"):
         make_operator("deblur", (1, 8, 8), blur="box")
+
+
+def test_pipeline_checks_measurements_and_start_images(run):
+    import diffuse
+
+    pipe = diffuse.load(run)
+    images = torch.zeros(3, *pipe.shape)
+    m = diffuse.measure(Downsample(pipe.shape, 2), images)
+    with pytest.raises(ValueError, match="posterior sampler"):
+        pipe.sample(3, measurement=m, sampler="heun")
+    with pytest.raises(ValueError, match="a measurement of 3 images for n=2"):
+        pipe.sample(2, measurement=m, sampler="ddrm")
+    with pytest.raises(ValueError, match="init and t_start go together"):
+        pipe.sample(3, init=images)
+    with pytest.raises(ValueError, match=r"init must be \[n=3, 1, 8, 8\]"):
+        pipe.sample(3, init=images[:, :, :4], t_start=0.5)
+    # a restoration is a function of the seed and the image, batch by batch as in one go (to float32
+    # rounding: the network's and the SVD's matrix products block differently by batch size)
+    for method in ("ddrm", "daps", "dps", "repaint"):
+        whole = pipe.sample(3, measurement=m, sampler=method, steps=3, seed=4)
+        parts = pipe.sample(3, measurement=m, sampler=method, steps=3, seed=4, batch_size=2)
+        assert torch.allclose(whole, parts, atol=1e-5), method
+        assert not torch.allclose(whole, pipe.sample(3, measurement=m, sampler=method, steps=3, seed=5)), method

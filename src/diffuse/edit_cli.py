@@ -95,7 +95,9 @@ def _mask(args, shape, given):
     from .inverse import MASKS, as_mask
 
     if given is not None:
-        return as_mask(given.reshape(given.shape[-2:]) if given.ndim > 2 else given)
+        if given.ndim == 3 and not (given == given[:1]).all():
+            raise ValueError("the .npz's masks differ between images; one edit takes one mask for all of them")
+        return as_mask(given[0] if given.ndim == 3 else given)
     if args.mask in MASKS:
         return args.mask
     picture = Path(args.mask)

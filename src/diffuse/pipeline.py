@@ -22,7 +22,7 @@ from .conditions import Condition, nulls
 from .configs import in_range, whole_number
 from .data import DataInfo
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
-from .samplers import Generators, NonFiniteSampleError, sample
+from .samplers import Generators, NonFiniteSampleError, posterior_samplers, sample
 
 
 class Pipeline:
@@ -113,7 +113,7 @@ class Pipeline:
         if steps is not None:
             whole_number("steps", steps, 1)
         steps = self.steps if steps is None else steps
-        self._check_start(n, measurement, init, t_start)
+        self._check_start(n, measurement, init, t_start, sampler or self.sampler)
         text = {}
         if prompt is not None:
             if tokens is not None:
@@ -179,8 +179,11 @@ class Pipeline:
             raise NonFiniteSampleError(self._non_finite_cause(share, sampler or self.sampler, guidance), share)
         return images
 
-    def _check_start(self, n: int, measurement, init, t_start) -> None:
+    def _check_start(self, n: int, measurement, init, t_start, sampler: str) -> None:
         """Raise unless a measurement or start images fit n samples of this pipeline."""
+        if measurement is not None and sampler not in posterior_samplers():
+            raise ValueError(f"a measurement is sampled by a posterior sampler ({', '.join(posterior_samplers())}), "
+                             f"not {sampler!r}")
         if (init is None) != (t_start is None):
             raise ValueError("init and t_start go together: the images to start from and the time to noise them to")
         if (measurement is not None or init is not None) and self.codec is not None:

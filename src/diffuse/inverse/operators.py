@@ -142,7 +142,7 @@ class Inpaint(LinearOperator):
         self.mask = mask.to(torch.float64)
 
     def apply(self, x):
-        return x * self.mask.to(x.dtype)
+        return x * self.mask.to(x.device, x.dtype)
 
 
 def box_mask(shape, size: float = 0.5) -> torch.Tensor:
@@ -227,7 +227,7 @@ class Blur(LinearOperator):
 
     def apply(self, x):
         c = x.shape[1]
-        weight = self.kernel.to(x.dtype).expand(c, 1, *self.kernel.shape)
+        weight = self.kernel.to(x.device, x.dtype).expand(c, 1, *self.kernel.shape)
         return F.conv2d(x, weight, padding=self.kernel.shape[0] // 2, groups=c)
 
 
