@@ -11,6 +11,7 @@
     diffuse eval RUN [--n N] [--sampler NAME --steps K --guidance W] [--out FILE.json]
     diffuse edit RUN --task inpaint|superres|deblur|colorize|saturate|sdedit --input IMAGES
                  [--method ddrm|dps|daps|repaint] [--sigma-y S] --out FILE.png | FILE.npz
+    diffuse train-control RUN --out CONTROL_RUN ...; diffuse sample CONTROL_RUN --control IMAGES ...
 
 Every field of a run's config is a flag of `diffuse train` (its help and choices come from the
 config dataclasses themselves: diffuse.configs.option), nested fields are reached with
@@ -253,6 +254,7 @@ def _sample(args, given: dict) -> int:
     import numpy as np
     import torch
 
+    from .control_cli import sample_cond
     from .data import to_unit
     from .files import atomic_write
     from .plotting import save_class_grid, save_image_grid, save_scatter
@@ -276,7 +278,8 @@ def _sample(args, given: dict) -> int:
             print(f"warning: words the model never saw in training are read as unknown: {', '.join(unknown)}")
     images = pipeline.sample(args.n, labels=labels, tokens=tokens, prompt=prompt, guidance=args.guidance,
                              classifier=_classifier(args), classifier_scale=args.classifier_scale,
-                             sampler=args.sampler, steps=args.steps, schedule=args.schedule, seed=args.seed)
+                             sampler=args.sampler, steps=args.steps, schedule=args.schedule, seed=args.seed,
+                             cond=sample_cond(args, pipeline, args.n))
     out.parent.mkdir(parents=True, exist_ok=True)
     stored = labels.numpy() if labels is not None else np.full(args.n, -1, dtype=np.int64)
     if vectors and out.suffix == ".png":
@@ -391,6 +394,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="sample a trained run")
     sampling_arguments(sample)
+    from .control_cli import sample_arguments as control_arguments
+    control_arguments(sample)
     sample.add_argument("--n", type=number(int, 1), default=100, help="number of samples (default: 100)")
     sample.add_argument("--labels", help="class labels to cycle over: 0-9 or 3,5,7")
     sample.add_argument("--prompt", action="append",
@@ -417,8 +422,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     export.set_defaults(handler=_export)
 
+    from .control_cli import add_parser as control_parser
     from .edit_cli import add_parser as edit_parser
     edit_parser(commands)
+    control_parser(commands)
     return parser
 
 
