@@ -38,7 +38,7 @@ from budget import set_threads, timed, train_budgeted  # first: it sets OpenMP's
 
 import diffuse
 from diffuse.data import DataConfig, load_dataset
-from diffuse.data.outline import outline_control
+from diffuse.data.outline import iou, outline_control
 from diffuse.training import ControlTaskConfig, DiffusionTaskConfig, Engine, RunConfig, TrainConfig
 from diffuse.training.tasks.control import control_scores
 
@@ -67,6 +67,9 @@ def main(argv=None) -> int:
     parser.add_argument("--base", help="a trained unconditional shapes run to adapt (default: train one here)")
     parser.add_argument("--base-minutes", type=float, default=5.0, help="CPU minutes of the base model")
     parser.add_argument("--control-minutes", type=float, default=8.0, help="CPU minutes of the adapter")
+    parser.add_argument("--control", help="a trained control run to score (default: train the adapter here)")
+    parser.add_argument("--scales", type=lambda text: [float(v) for v in text.split(",")], default=[1.0, 1.5, 2.0, 3.0],
+                        help="control scales to choose from on the next --n test images (not scored)")
     parser.add_argument("--lr", type=float, default=3e-3, help="the adapter's learning rate")
     parser.add_argument("--batch-size", type=int, default=64, help="the adapter's batch")
     parser.add_argument("--n", type=int, default=200, help="held-out test images scored")
@@ -90,22 +93,38 @@ def main(argv=None) -> int:
         else:
             trained = f"the run {base}"
         print(f"# base: {trained}", flush=True)
-        control = RunConfig(ControlTaskConfig(base=base), diffuse.load(base).config.data,
-                            {"lr": args.lr, "batch_size": args.batch_size, "warmup_steps": 50, "ema_decay": 0.99})
-        engine = Engine(control, Path(workdir) / "control", progress=False)
-        spent = budgeted(engine, args.control_minutes)
-        print(f"# adapter: {described(spent)}, lr {args.lr:g}, batch {args.batch_size}", flush=True)
-        pipeline = diffuse.load(Path(workdir) / "control")
-    test = load_dataset("shapes", "test", n=args.n)
+        if args.control is None:
+            control = RunConfig(ControlTaskConfig(base=base), diffuse.load(base).config.data,
+                                {"lr": args.lr, "batch_size": args.batch_size, "warmup_steps": 50, "ema_decay": 0.99})
+            engine = Engine(control, Path(workdir) / "control", progress=False)
+            spent = budgeted(engine, args.control_minutes)
+            print(f"# adapter: {described(spent)}, lr {args.lr:g}, batch {args.batch_size}", flush=True)
+        pipeline = diffuse.load(args.control or Path(workdir) / "control")
+    test = load_dataset("shapes", "test", n=2 * args.n)
     sampling = {} if args.steps is None else {"steps": args.steps}
     scores, cpu, wall = timed(lambda: control_scores(pipeline, test, outline_control, args.n, **sampling))
     print(f"# {scores['n']} held-out test images, {pipeline.sampler} {args.steps or pipeline.steps} steps; "
           f"sampling both {cpu / 60:.1f} CPU-min ({wall / 60:.1f} wall)")
+    # --control-scale chosen on the next n test images, which are not scored
+    chosen = {scale: scaled_iou(pipeline, test, range(args.n, 2 * args.n), scale, sampling) for scale in args.scales}
+    best = max(chosen, key=chosen.get)
+    print("# control_scale on test images " f"{args.n}..{2 * args.n - 1}: "
+          + ", ".join(f"{scale:g}: {value:.3f}" for scale, value in chosen.items()) + f"; chosen {best:g}")
     print("\n| model | IoU with the control's shape |\n|---|---|")
     for name, key in (("controlled (control_scale 1)", "iou"), ("unguided base (control_scale 0)", "iou_unguided"),
                       ("real test images (ceiling)", "iou_real")):
         print(f"| {name} | {scores[key]:.3f} |")
+    print(f"| controlled (control_scale {best:g}, chosen above) | "
+          f"{scaled_iou(pipeline, test, range(args.n), best, sampling):.3f} |")
     return 0
+
+
+def scaled_iou(pipeline, test, rows, scale: float, sampling: dict) -> float:
+    """The mean IoU of samples drawn for these test images' outlines at this control_scale."""
+    images = test.__getitems__(list(rows))["x"]
+    controls = outline_control(images)
+    drawn = pipeline.sample(len(images), cond={"control": controls, "control_scale": scale}, seed=0, **sampling)
+    return float(iou(drawn, controls).mean())
 
 
 if __name__ == "__main__":
