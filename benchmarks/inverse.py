@@ -122,8 +122,8 @@ def calls(pipeline, measurement, method, steps, options) -> int:
     return count[0]
 
 
-def choose_dps_scale(pipeline, measurement, truth, steps) -> float:
-    best = max(DPS_SCALES, key=lambda s: float(psnr(posterior(pipeline, measurement, "dps", steps, {"scale": s}),
+def choose_dps_scale(pipeline, measurement, truth, steps, scales=DPS_SCALES) -> float:
+    best = max(scales, key=lambda s: float(psnr(posterior(pipeline, measurement, "dps", steps, {"scale": s}),
                                                      truth).mean()))
     return best
 
@@ -137,7 +137,7 @@ def table(rows: list[tuple[str, dict]], title: str) -> None:
 
 
 def restoration(pipeline, data, n_val: int, n: int, sigma_y: float, methods: dict, tasks: list[str],
-                mean_of: int = 1) -> dict:
+                mean_of: int = 1, dps_scales=DPS_SCALES) -> dict:
     test, train = load_dataset(data, "test"), load_dataset(data, "train")
     if len(test) < n_val + n:
         raise ValueError(f"the test split has {len(test)} images; --n-val + --n asks for {n_val + n}")
@@ -156,7 +156,7 @@ def restoration(pipeline, data, n_val: int, n: int, sigma_y: float, methods: dic
         for method, (steps, options) in methods.items():
             options = dict(options)
             if method == "dps":
-                options["scale"] = choose_dps_scale(pipeline, y_val, validation, steps)
+                options["scale"] = choose_dps_scale(pipeline, y_val, validation, steps, dps_scales)
             restored, cpu, _ = timed(lambda: posterior(pipeline, y, method, steps, options))
             label = method + (f" (scale {options['scale']:g})" if method == "dps" else "")
             nfe = calls(pipeline, y, method, steps, options)
@@ -224,6 +224,9 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated posterior samplers")
     parser.add_argument("--mean-of", dest="mean_of", type=int, default=1,
                         help="also score the mean of this many samples of each method (the posterior mean's estimate)")
+    parser.add_argument("--dps-scales", dest="dps_scales", type=lambda t: [float(v) for v in t.split(",")],
+                        default=list(DPS_SCALES), help="DPS's step scales to choose from on the validation images")
+    parser.add_argument("--dps-steps", dest="dps_steps", type=int, help="DPS's steps (default: METHODS')")
     parser.add_argument("--part", choices=("all", "restore", "sdedit", "inversion"), default="all")
     parser.add_argument("--plot", default="benchmarks/out/sdedit.png")
     parser.add_argument("--threads", type=int, default=2)
@@ -234,6 +237,8 @@ def main(argv=None) -> None:
         args.n, args.n_val = min(args.n, 16), min(args.n_val, 8)
     chosen = QUICK if args.quick else METHODS
     methods = {m: chosen[m] for m in args.methods.split(",")}
+    if args.dps_steps and "dps" in methods:
+        methods["dps"] = (args.dps_steps, methods["dps"][1])
     run = args.run
     if run is None:
         run = str(Path(tempfile.mkdtemp(prefix="inverse-")) / args.data)
@@ -243,7 +248,7 @@ def main(argv=None) -> None:
     print(f"run {run} on {args.data}: process {pipeline.process!r}, {torch.get_num_threads()} threads")
     if args.part in ("all", "restore"):
         restoration(pipeline, args.data, args.n_val, args.n, args.sigma_y, methods, args.tasks.split(","),
-                    args.mean_of)
+                    args.mean_of, args.dps_scales)
     if args.part in ("all", "sdedit"):
         sdedit_curve(pipeline, args.data, args.n, args.plot, STRENGTHS[::2] if args.quick else STRENGTHS)
     if args.part in ("all", "inversion"):
