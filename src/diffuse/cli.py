@@ -31,7 +31,7 @@ import sys
 import typing
 from pathlib import Path
 
-from .cli_args import check_out, number, parse_labels, sampling_arguments
+from .cli_args import check_out, fit, number, parse_labels, sampling_arguments
 
 # A field whose flag differs from its name.
 FLAG_NAMES = {("data", "name"): "data", ("data", "options"): "data-options"}
@@ -219,7 +219,7 @@ def train_config(args, given: dict):
 
 
 def _train(args, given: dict) -> int:
-    from .training import Engine, resolve
+    from .training import resolve
 
     config = train_config(args, given)
     if args.print_config:
@@ -228,13 +228,7 @@ def _train(args, given: dict) -> int:
         return 0
     if not args.out:
         raise ValueError("--out is required: the run folder to train into")
-    engine = Engine(config, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device,
-                    progress=not args.quiet)
-    last = engine.fit()
-    if engine.rank == 0:
-        print(f"trained {engine.step} steps in {engine.elapsed / 60:.1f} min; checkpoint {last}")
-        for line in engine.task.report(engine.test_metrics):
-            print(line)
+    if fit(config, args) is not None:
         pictures = sorted(p for p in Path(args.out).glob("*.png"))
         print("pictures: " + "  ".join(str(p) for p in pictures))
     return 0

@@ -74,3 +74,20 @@ def sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=number(int, 0), default=0, help="sample k depends on (seed, k) only (default: 0)")
     parser.add_argument("--no-ema", dest="no_ema", action="store_true", help="use the raw weights, not the EMA")
     parser.add_argument("--device", help="cpu | cuda | cuda:N (default: cpu)")
+
+
+def fit(config, args, trained: str = ""):
+    """Train `config` into --out with the flags every training command shares (--resume, --overwrite,
+    --device, --quiet) and, on rank 0, print what was trained and the task's report; the engine on
+    rank 0 (for the caller's own last lines), else None."""
+    from .training import Engine
+
+    engine = Engine(config, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                    progress=not args.quiet)
+    last = engine.fit()
+    if engine.rank != 0:
+        return None
+    print(f"trained {trained}{engine.step} steps in {engine.elapsed / 60:.1f} min; checkpoint {last}")
+    for line in engine.task.report(engine.test_metrics):
+        print(line)
+    return engine

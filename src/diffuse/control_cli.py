@@ -60,15 +60,9 @@ def control_config(args):
 
 
 def run(args, given: dict | None = None) -> int:
-    from .training import Engine
+    from .cli_args import fit
 
-    engine = Engine(control_config(args), args.out, resume=args.resume, overwrite=args.overwrite, device=args.device,
-                    progress=not args.quiet)
-    last = engine.fit()
-    if engine.rank == 0:
-        print(f"trained the adapter {engine.step} steps in {engine.elapsed / 60:.1f} min; checkpoint {last}")
-        for line in engine.task.report(engine.test_metrics):
-            print(line)
+    if fit(control_config(args), args, trained="the adapter ") is not None:
         print(f"sample it: diffuse sample {args.out} --control IMAGES --out samples.png")
     return 0
 
