@@ -15,7 +15,8 @@ from PIL import Image
 import diffuse
 from _tiny import MLP, PYTHON, subprocess_env, unet_json
 from diffuse.checkpoint import latest_checkpoint
-from diffuse.cli import main, parse_labels
+from diffuse.cli import main
+from diffuse.cli_args import parse_labels
 from diffuse.plotting import class_grid
 
 

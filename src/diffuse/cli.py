@@ -31,7 +31,7 @@ import sys
 import typing
 from pathlib import Path
 
-from .cli_args import check_out, fit, number, parse_labels, sampling_arguments
+from .cli_args import check_out, cycled_labels, fit, npz_images, npz_labels, number, sampling_arguments
 
 # A field whose flag differs from its name.
 FLAG_NAMES = {("data", "name"): "data", ("data", "options"): "data-options"}
@@ -246,23 +246,20 @@ def _classifier(args):
 
 def _sample(args, given: dict) -> int:
     import numpy as np
-    import torch
 
     from .control_cli import sample_cond
-    from .data import to_unit
     from .files import atomic_write
     from .plotting import save_class_grid, save_image_grid, save_scatter
     from .runs import load
 
     out = check_out(args.out, (".png", ".npz"))
-    label_list = parse_labels(args.labels)
+    labels = cycled_labels(args.labels, args.n)  # a bad --labels fails before the model loads
     pipeline = load(args.run, ema=not args.no_ema, device=args.device or "cpu",
                     diffusers_config=args.diffusers_config)
     vectors = pipeline.info.modality == "vector"
     if vectors and out.suffix == ".png" and pipeline.shape != (2,):
         raise ValueError(f"this run's data are vectors of shape {list(pipeline.shape)}, not images; a picture "
                          "shows 2-D points only: write them with --out FILE.npz")
-    labels = None if label_list is None else torch.tensor([label_list[i % len(label_list)] for i in range(args.n)])
     tokens = prompt = None
     if args.prompt and pipeline.prompt_encoder is not None:  # a pretrained pipeline's own text encoder
         prompt = args.prompt
@@ -275,7 +272,7 @@ def _sample(args, given: dict) -> int:
                              sampler=args.sampler, steps=args.steps, schedule=args.schedule, seed=args.seed,
                              cond=sample_cond(args, pipeline, args.n))
     out.parent.mkdir(parents=True, exist_ok=True)
-    stored = labels.numpy() if labels is not None else np.full(args.n, -1, dtype=np.int64)
+    stored = npz_labels(labels, args.n)
     if vectors and out.suffix == ".png":
         save_scatter(images, out)
     elif vectors:
@@ -284,9 +281,8 @@ def _sample(args, given: dict) -> int:
     elif out.suffix == ".png":
         save_image_grid(images, out) if labels is None else save_class_grid(images, labels, out)
     else:
-        pixels = to_unit(images).permute(0, 2, 3, 1).numpy().astype(np.float32)  # [N, H, W, C]
         with atomic_write(out) as f:
-            np.savez(f, images=pixels[..., 0] if pixels.shape[-1] == 1 else pixels, labels=stored)
+            np.savez(f, images=npz_images(images), labels=stored)
     print(f"wrote {args.n} samples to {out}")
     return 0
 

@@ -91,3 +91,30 @@ def fit(config, args, trained: str = ""):
     for line in engine.task.report(engine.test_metrics):
         print(line)
     return engine
+
+
+def cycled_labels(text: str | None, n: int):
+    """--labels as [n] class labels, the list cycled over the samples; None without the flag."""
+    import torch
+
+    labels = parse_labels(text)
+    return None if labels is None else torch.tensor([labels[i % len(labels)] for i in range(n)])
+
+
+# -- the .npz contract of sampled and edited images ------------------------------------------------
+
+def npz_images(images):
+    """Images [N, C, H, W] in [-1, 1] as an .npz holds them: float32 [N, H, W] (grey) or [N, H, W, C] in [0, 1]."""
+    import numpy as np
+
+    from .data import to_unit
+
+    pixels = to_unit(images).permute(0, 2, 3, 1).numpy().astype(np.float32)
+    return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+
+
+def npz_labels(labels, n: int):
+    """The labels an .npz holds: the samples' classes, or -1 for none."""
+    import numpy as np
+
+    return labels.numpy() if labels is not None else np.full(n, -1, dtype=np.int64)

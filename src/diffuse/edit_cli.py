@@ -110,8 +110,7 @@ def run(args, given: dict) -> int:
     import numpy as np
     import torch
 
-    from .cli_args import check_out, parse_labels
-    from .data import to_unit
+    from .cli_args import check_out, cycled_labels, npz_images, npz_labels
     from .files import atomic_write
     from .inverse import Measurement, make_operator, measure
     from .plotting import save_image_grid
@@ -129,8 +128,7 @@ def run(args, given: dict) -> int:
         raise ValueError(f"diffuse edit works on images; this run's data are {pipeline.info.modality}s")
     images, stored_measurement, stored_mask = read_inputs(args.input, pipeline.shape)
     n = len(images)
-    labels = parse_labels(args.labels)
-    labels = None if labels is None else torch.tensor([labels[i % len(labels)] for i in range(n)])
+    labels = cycled_labels(args.labels, n)
     common = dict(labels=labels, guidance=args.guidance, steps=args.steps, schedule=args.schedule, seed=args.seed)
     operator = measurement = None
     if args.task == "sdedit":
@@ -156,16 +154,13 @@ def run(args, given: dict) -> int:
     if out.suffix == ".png":
         save_image_grid(torch.stack([images, view.float(), results], 1).flatten(0, 1), out, nrow=3)
     else:
-        def pixels(x):
-            x = to_unit(x).permute(0, 2, 3, 1).numpy().astype(np.float32)
-            return x[..., 0] if x.shape[-1] == 1 else x
-        arrays = {"images": pixels(results), "inputs": pixels(images)}
+        arrays = {"images": npz_images(results), "inputs": npz_images(images)}
         if measurement is not None and operator.linear:
             arrays["measurement"] = _to_pixels(operator, measurement.y).numpy().astype(np.float32)
         if args.task == "inpaint":
             arrays["mask"] = (1 - operator.mask[0]).numpy().astype(np.float32)
         with atomic_write(out) as f:
-            np.savez(f, **arrays, labels=labels.numpy() if labels is not None else np.full(n, -1, dtype=np.int64))
+            np.savez(f, **arrays, labels=npz_labels(labels, n))
     consistency = "" if measurement is None else \
         f"; ||y - A(x)|| {float(measurement.consistency(results).mean()):.4f} per image (sigma_y {args.sigma_y:g})"
     print(f"wrote {n} results to {out}{consistency}")
