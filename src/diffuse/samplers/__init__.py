@@ -143,6 +143,22 @@ class GridDenoiser:
         return x0
 
 
+def _prediction(model, prediction: str | None) -> str:
+    """What the model predicts: as given, or as the model declares it."""
+    if prediction is None:
+        prediction = getattr(model, "prediction", None)
+    if prediction is None:
+        raise ValueError("say what the model predicts: prediction='eps' | 'x0' | 'v' | 'score' | 'velocity'")
+    return check_prediction(prediction)
+
+
+def _grid(process: GaussianPath, schedule, steps: int | None, t_start: float | None = None) -> Grid:
+    """The grid of a schedule; steps None means 10 for a named or callable one, else its own length."""
+    if steps is None and (isinstance(schedule, str) or callable(schedule)):
+        steps = 10
+    return Grid.from_times(process, make_times(process, schedule, steps, t_start=t_start))
+
+
 def sample(model, process: GaussianPath, noise: torch.Tensor | None = None, sampler: str = "dpmpp_2m",
            steps: int | None = None, prediction: str | None = None, generator=None, *, schedule="auto",
            cond: dict | None = None, x_start: torch.Tensor | None = None, t_start: float | None = None,
@@ -182,11 +198,7 @@ def sample(model, process: GaussianPath, noise: torch.Tensor | None = None, samp
     if unknown:
         raise ValueError(f"sampler {sampler!r} has no option(s) {sorted(unknown)}; "
                          f"it accepts {sorted(_options_of(fn)) or 'none'}")
-    if prediction is None:
-        prediction = getattr(model, "prediction", None)
-        if prediction is None:
-            raise ValueError("say what the model predicts: prediction='eps' | 'x0' | 'v' | 'score' | 'velocity'")
-    check_prediction(prediction)
+    prediction = _prediction(model, prediction)
     if (noise is None) == (x_start is None):
         raise ValueError("give either noise (a start from the prior at t_max) or x_start with t_start")
     if (x_start is None) != (t_start is None):
@@ -201,9 +213,7 @@ def sample(model, process: GaussianPath, noise: torch.Tensor | None = None, samp
         raise ValueError(f"a measurement of {len(options['measurement'])} for a batch of {start.shape[0]}")
     if hook is not None and fn is adaptive:
         raise ValueError("the adaptive sampler chooses its own steps; it has no steps for a hook to run between")
-    if steps is None and (isinstance(schedule, str) or callable(schedule)):
-        steps = 10
-    grid = Grid.from_times(process, make_times(process, schedule, steps, t_start=t_start))
+    grid = _grid(process, schedule, steps, t_start)
     if grid.a(0) == 0 and prediction in ("eps", "score"):
         raise ValueError(f"at t={float(grid.t[0])} the process has zero SNR, where an {prediction!r} "
                          "prediction cannot recover x0; use a v, x0 or velocity model, or start at t < 1")
@@ -233,17 +243,12 @@ def invert(model, process: GaussianPath, x0: torch.Tensor, steps: int | None = N
     re-reads it at the current x_i that many times (one model call each), the fixed-point iteration
     of exact inversion, which makes the round trip much closer at few steps where the model is smooth.
     """
-    prediction = prediction or getattr(model, "prediction", None)
-    if prediction is None:
-        raise ValueError("say what the model predicts: prediction='eps' | 'x0' | 'v' | 'score' | 'velocity'")
-    check_prediction(prediction)
+    prediction = _prediction(model, prediction)
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.ndim < 1:
         raise ValueError("x0 must be a floating-point tensor of shape [B, ...]")
     if fixed_point < 0:
         raise ValueError(f"fixed_point must be >= 0, got {fixed_point}")
-    if steps is None and (isinstance(schedule, str) or callable(schedule)):
-        steps = 10
-    grid = Grid.from_times(process, make_times(process, schedule, steps))
+    grid = _grid(process, schedule, steps)
     denoise = GridDenoiser(model, process, grid, prediction, x0.shape[0], x0.device, cond or {})
     last = grid.steps - 1
     x = x0
