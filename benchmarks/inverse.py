@@ -87,6 +87,15 @@ STRENGTHS = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 SEED = 0
 
 
+def number_or_text(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def scores(restored, truth, measurement, nfe, cpu):
     n = len(truth)
     return {"psnr": float(psnr(restored, truth).mean()), "ssim": float(ssim(restored, truth).mean()),
@@ -227,6 +236,8 @@ def main(argv=None) -> None:
     parser.add_argument("--dps-scales", dest="dps_scales", type=lambda t: [float(v) for v in t.split(",")],
                         default=list(DPS_SCALES), help="DPS's step scales to choose from on the validation images")
     parser.add_argument("--dps-steps", dest="dps_steps", type=int, help="DPS's steps (default: METHODS')")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="METHOD.OPTION=VALUE",
+                        help="a method's option or steps beside METHODS' (e.g. daps.prior_std=gaussian, daps.steps=50); repeatable")
     parser.add_argument("--part", choices=("all", "restore", "sdedit", "inversion"), default="all")
     parser.add_argument("--plot", default="benchmarks/out/sdedit.png")
     parser.add_argument("--threads", type=int, default=2)
@@ -236,9 +247,18 @@ def main(argv=None) -> None:
     if args.quick:
         args.n, args.n_val = min(args.n, 16), min(args.n_val, 8)
     chosen = QUICK if args.quick else METHODS
-    methods = {m: chosen[m] for m in args.methods.split(",")}
+    methods = {m: (chosen[m][0], dict(chosen[m][1])) for m in args.methods.split(",")}
     if args.dps_steps and "dps" in methods:
         methods["dps"] = (args.dps_steps, methods["dps"][1])
+    for setting in args.settings:
+        name, value = setting.split("=", 1)
+        method, option = name.split(".", 1)
+        if method not in methods:
+            parser.error(f"--set {setting}: {method} is not among --methods")
+        if option == "steps":
+            methods[method] = (int(value), methods[method][1])
+        else:
+            methods[method][1][option] = number_or_text(value)
     run = args.run
     if run is None:
         run = str(Path(tempfile.mkdtemp(prefix="inverse-")) / args.data)
