@@ -95,7 +95,7 @@ MIXTURE = GaussianMixture(torch.tensor([[1.0, 1.0, -1.0, 0.5], [-1.0, 0.5, 1.0, 
                           0.2, [0.5, 0.3, 0.2])
 # Sliced-W2 to the exact posterior (2000 draws each; two exact draws are 0.01 apart, the prior
 # is 1.0 away). DDRM, RePaint with resampling and DAPS are close to exact (DAPS 0.04 on both
-# paths); so is DPS at scale 0.3 (0.016 on VP, 0.018 on EDM: its step is taken in variance-
+# paths); so is DPS at scale 0.3 (0.017 on VP, 0.016 on EDM: its step is taken in variance-
 # preserving coordinates, so one scale serves both; with the raw gradient on EDM it read 0.11).
 TOLERANCE = {"ddrm": 0.06, "repaint": 0.07, "daps": 0.07, "dps": 0.04}
 OPTIONS = {"dps": {"scale": 0.3}, "repaint": {"resamplings": 5}}
@@ -229,3 +229,19 @@ def test_daps_reads_the_posterior_spread_of_gaussian_data_from_the_denoiser(proc
         r = _tweedie_std(denoise, x, denoise(x, i), grid, i, generator).flatten()
         rho = grid.rho(i)
         assert torch.allclose(r.double(), torch.full((3,), rho * s / math.sqrt(rho**2 + s**2), dtype=torch.float64), rtol=0.01), (i, r)
+
+
+def test_dps_discrepancy_principle_stops_fitting_at_the_noise():
+    """The unsquared norm's gradient keeps its length as the residual shrinks, so the paper's step
+    fits y below its noise; with `discrepancy` (the default) the pull stops at sigma_y sqrt(m)."""
+    op = Inpaint(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    n, process = 500, EDM()
+    m = measure(op, MIXTURE.means[1].reshape(1, *SHAPE).float().expand(n, *SHAPE), sigma_y=0.05, seed=1)
+    noise_norm = 0.05 * 2**0.5  # sigma_y sqrt(m) in pixel units: two pixels seen
+    noise = torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(5))
+    residual = {}
+    for discrepancy in (True, False):
+        x = sample(MIXTURE.denoiser(process), process, noise, sampler="dps", steps=200, measurement=m, scale=0.1,
+                   generator=torch.Generator().manual_seed(6), discrepancy=discrepancy)
+        residual[discrepancy] = float(m.consistency(x).median()) / noise_norm
+    assert residual[True] > 1.0 > 0.9 > residual[False], residual  # measured 1.15 and 0.83
