@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 # What each method costs and does by default: the steps (a method's own options via --method-options).
-METHOD_STEPS = {"ddrm": 20, "daps": 50, "dps": 200, "repaint": 50}
+METHOD_STEPS = {"ddrm": 50, "daps": 50, "dps": 200, "repaint": 50}
 
 
 def add_parser(commands) -> None:
