@@ -67,18 +67,18 @@ def _tweedie_std(denoise, x, x0, grid: Grid, i: int, generator) -> torch.Tensor:
 
 def _draw_linear(x0_hat, r, measurement, generator) -> torch.Tensor:
     """An exact draw of N(x0_hat, r^2 I) N(y; A x0, s_y^2 I), normalised, through A's SVD: per
-    seen component, precision 1/r^2 + s_j^2/s_y^2; unseen components keep the prior."""
+    seen component, precision 1/r^2 + s_j^2/s_y^2; unseen components keep the prior. r is a float
+    or one per image, shaped to broadcast over images ([B, 1, ...], as _tweedie_std gives it)."""
     operator = measurement.linear("daps")
     s = operator.svd[1].to(x0_hat.device)
-    r = torch.as_tensor(r, dtype=torch.float64, device=x0_hat.device).reshape(-1, 1)  # a float or one per image
-    noise_var, prior_var = measurement.noise_std**2, r**2
+    r_rows = torch.as_tensor(r, dtype=torch.float64, device=x0_hat.device).reshape(-1, 1)  # a float, or one per image
+    noise_var, prior_var = measurement.noise_std**2, r_rows**2
     c0, cy = operator.spectral(x0_hat), operator.measured(measurement.y).to(x0_hat.device)
     denominator = noise_var + prior_var * s**2
     mean = (noise_var * c0 + prior_var * s * cy) / denominator
     std = (prior_var * noise_var / denominator).sqrt()
     z = gaussian_like(x0_hat, generator)
-    r_image = r.to(x0_hat.dtype).view(-1, *[1] * (x0_hat.dim() - 1))
-    return operator.null_part(x0_hat + r_image * z) + operator.from_spectral(mean + std * operator.spectral(z), x0_hat)
+    return operator.null_part(x0_hat + r * z) + operator.from_spectral(mean + std * operator.spectral(z), x0_hat)
 
 
 def _draw_langevin(x0_hat, r, measurement, generator, steps: int, rate: float) -> torch.Tensor:
