@@ -1,6 +1,7 @@
 """Operators, measurements, the posterior samplers against the exact posterior of a Gaussian
 mixture, and DDIM inversion."""
 
+import dataclasses
 import math
 
 import pytest
@@ -245,3 +246,23 @@ def test_dps_discrepancy_principle_stops_fitting_at_the_noise():
                    generator=torch.Generator().manual_seed(6), discrepancy=discrepancy)
         residual[discrepancy] = float(m.consistency(x).median()) / noise_norm
     assert residual[True] > 1.0 > 0.9 > residual[False], residual  # measured 1.15 and 0.83
+
+
+def test_daps_likelihood_std_trusts_y_as_a_measurement_of_that_noise_would():
+    """likelihood_std replaces sigma_y in DAPS's draw only: the chain is the one a measurement of
+    that noise would get (same y, same seeds), it fits y closer the smaller it is, and None is the
+    measurement's own sigma_y."""
+    op, process = Inpaint(torch.tensor([[1.0, 0.0], [0.0, 1.0]])), EDM()
+    m = measure(op, MIXTURE.means[1].reshape(1, *SHAPE).float().expand(200, *SHAPE), sigma_y=0.1, seed=1)
+    noise = torch.randn(200, *SHAPE, generator=torch.Generator().manual_seed(5))
+
+    def daps(measurement, **options):
+        return sample(MIXTURE.denoiser(process), process, noise, sampler="daps", steps=20, measurement=measurement,
+                      generator=torch.Generator().manual_seed(6), **options)
+
+    tighter = daps(m, likelihood_std=0.02)
+    assert torch.equal(tighter, daps(dataclasses.replace(m, sigma_y=0.02)))
+    assert torch.equal(daps(m), daps(m, likelihood_std=None))
+    assert float(m.consistency(tighter).median()) < 0.8 * float(m.consistency(daps(m)).median())  # 0.12 against 0.18
+    with pytest.raises(ValueError, match="likelihood_std"):
+        daps(m, likelihood_std=0.0)
