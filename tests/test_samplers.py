@@ -471,3 +471,24 @@ def test_bad_starts_and_hooks_raise_clear_errors():
         diffuse.sample(model, process, x, sampler="adaptive", hook=lambda x, i, t: x)
     with pytest.raises(ValueError, match=r"the step hook returned \(2, 2\)"):
         diffuse.sample(model, process, x, sampler="euler", hook=lambda x, i, t: x[:2])
+
+
+@pytest.mark.parametrize("name", diffuse.samplers.available())
+def test_a_float32_network_sees_float32_and_gets_float32_back(name):
+    # A trained network holds float32 weights: a sampler that hands it a float64 state (the adaptive
+    # solver's float64 error control once did) fails inside the network's first layer.
+    process = EDM()
+    exact = MIXTURE_2D.denoiser(process)
+
+    def network(x, t):
+        assert x.dtype == torch.float32, f"{name} handed the model {x.dtype}"
+        return exact(x.double(), t).float()
+
+    noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(11))
+    run = lambda model, x, seed: diffuse.sample(model, process, x, sampler=name, steps=6, prediction="x0",  # noqa: E731
+                                                generator=torch.Generator().manual_seed(seed))
+    out = run(network, noise, 0)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    reference = run(exact, noise.double(), 0)
+    if torch.equal(reference, run(exact, noise.double(), 1)):  # deterministic: float32 follows float64
+        torch.testing.assert_close(out.double(), reference, atol=1e-3, rtol=1e-3)

@@ -38,13 +38,15 @@ def adaptive(denoise, x, grid: Grid, generator=None, *, rtol: float = 1e-4, atol
     rho = lambda t: float(process.sigma(t) / process.alpha(t))  # noqa: E731
     if not rho(t_end) > 0:
         raise ValueError(f"the adaptive solver must stop where sigma > 0, got t={t_end}")
-    y = x / float(process.alpha(t_start))
+    # the solver's state is float64 (its error control needs it); the model sees the sampler's dtype
+    dtype = x.dtype
+    y = x.double() / float(process.alpha(t_start))
 
     def slope(s: torch.Tensor, state: tuple) -> tuple:
         (y_s,) = state
         t = process.t_from_sigma_ratio(torch.exp(-s))
-        return (denoise.at(expand(process.alpha(t), y_s) * y_s, t) - y_s,)
+        return (denoise.at((expand(process.alpha(t), y_s) * y_s).to(dtype), t).double() - y_s,)
 
     start = torch.full((x.shape[0],), -math.log(rho(t_start)), dtype=torch.float64, device=x.device)
     (y,), _ = dopri5(slope, (y,), start, -math.log(rho(t_end)), rtol, atol, max_steps)
-    return denoise.at(float(process.alpha(t_end)) * y, t_end)
+    return denoise.at((float(process.alpha(t_end)) * y).to(dtype), t_end)
