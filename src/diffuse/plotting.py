@@ -155,20 +155,23 @@ def _save_png(image: Image.Image, path) -> Path:
     return Path(path)
 
 
-def _grid_image(grid: np.ndarray) -> Image.Image:
+def grid_picture(images: torch.Tensor, labels=None, nrow: int | None = None, scale: int | None = None,
+                 pad: int = 1) -> Image.Image:
+    """The picture `diffuse sample --out FILE.png` writes: image_grid, or class_grid when there are
+    labels; by default small images are enlarged to about 64 pixels."""
+    scale = _readable_scale(images) if scale is None else scale
+    grid = image_grid(images, nrow, scale, pad) if labels is None else class_grid(images, list(labels), scale, pad)
     return Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
 
 
 def save_image_grid(images: torch.Tensor, path, nrow: int | None = None, scale: int | None = None) -> Path:
-    """image_grid written as a PNG; by default small images are enlarged to about 64 pixels."""
-    grid = image_grid(images, nrow, _readable_scale(images) if scale is None else scale)
-    return _save_png(_grid_image(grid), path)
+    """grid_picture of unlabelled images written as a PNG."""
+    return _save_png(grid_picture(images, nrow=nrow, scale=scale), path)
 
 
 def save_class_grid(images: torch.Tensor, labels, path, scale: int | None = None) -> Path:
-    """class_grid written as a PNG; by default small images are enlarged to about 64 pixels."""
-    grid = class_grid(images, labels, _readable_scale(images) if scale is None else scale)
-    return _save_png(_grid_image(grid), path)
+    """grid_picture grouped by class written as a PNG."""
+    return _save_png(grid_picture(images, labels, scale=scale), path)
 
 
 # --- axes ---
