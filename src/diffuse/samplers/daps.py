@@ -25,8 +25,8 @@ against 19.2 at 50 x 2 and 17.9 at 20 x 5).
 uses; None takes the measurement's own sigma_y, the exact conditional. A smaller one trusts y more
 than its noise warrants, which the reference code does too (its tau, 0.01 in [-1, 1], whatever the
 noise): the chain's Gaussian stand-in for p(x0 | x_i) around an ODE endpoint loses part of y's
-pull at each re-noising, and on held-out Fashion-MNIST super-resolution and deblurring half the
-noise's std gained 1.1-1.3 dB (docs/inverse.md).
+pull at each re-noising, and on held-out Fashion-MNIST super-resolution and deblurring half or a
+quarter of the noise's std gained 1.1-1.6 dB (docs/inverse.md).
 """
 
 from __future__ import annotations
