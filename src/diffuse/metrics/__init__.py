@@ -6,6 +6,8 @@
     prdc.py          precision, recall, density, coverage (k-NN balls in feature space)
     memorisation.py  nearest-neighbour copy detection against the training set (pixel space)
     evaluate.py      all of the above for generated images, and the same for real data (`floor`)
+    audit.py         the memorisation audit: copies flagged against a threshold calibrated on held-out
+                     images, the held-out floor, the training set's near-duplicates
 """
 
 from .features import (FeatureConfig, FeatureNetwork, cached_meta, default_cache_dir, feature_network,

@@ -35,6 +35,18 @@ NORMALISED_THRESHOLD = 1 / 3
 NEIGHBOURS = 50
 
 
+def neighbour_scores(dist: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d_1 / d_2, d_1 / (scale * mean(d_1..d_n))) per row of sorted neighbour distances [M, n >= 2].
+
+    A zero denominator (a copy of a training image that appears twice) scores 0: the sample is
+    a copy, whatever 0/0 would say."""
+    d1, d2 = dist[:, 0], dist[:, 1]
+    tiny = torch.finfo(torch.float64).tiny
+    nn_ratio = torch.where(d2 > 0, d1 / d2.clamp_min(tiny), torch.zeros_like(d1))
+    mean_n = scale * dist.mean(1)
+    return nn_ratio, torch.where(mean_n > 0, d1 / mean_n.clamp_min(tiny), torch.zeros_like(d1))
+
+
 def memorisation(generated, train, ratio: float = RATIO_THRESHOLD, n_neighbours: int = NEIGHBOURS,
                  threshold: float = NORMALISED_THRESHOLD, scale: float = 1.0) -> dict:
     """Memorisation scores of generated samples [M, ...] against training samples [N, ...].
@@ -61,11 +73,8 @@ def memorisation(generated, train, ratio: float = RATIO_THRESHOLD, n_neighbours:
         raise ValueError(f"scale must be positive, got {scale}")
     n = min(n_neighbours, len(pool))
     dist, index = nearest_neighbours(gen, pool, n)                      # [M, n], float64
-    d1, d2 = dist[:, 0], dist[:, 1]
-    tiny = torch.finfo(torch.float64).tiny
-    nn_ratio = torch.where(d2 > 0, d1 / d2.clamp_min(tiny), torch.zeros_like(d1))
-    mean_n = scale * dist.mean(1)
-    normalised = torch.where(mean_n > 0, d1 / mean_n.clamp_min(tiny), torch.zeros_like(d1))
+    d1 = dist[:, 0]
+    nn_ratio, normalised = neighbour_scores(dist, scale)
     return {
         "ratio_rate": float((nn_ratio < ratio).double().mean()),
         "normalised_rate": float((normalised < threshold).double().mean()),
