@@ -29,11 +29,13 @@ from .dataset import Dataset, TensorDataset
 from .fashion import load_fashion_mnist
 from .folder import ImageFolder
 from .idx import load_idx
+from .pusht import load_pusht
 from .shapes import load_shapes
 from .splits import check_split, first_examples, holdout_split
 from .toy import TOYS, load_toy
 
-NAMED = {"digits": load_digits, "mnist": load_mnist5k, "fashion": load_fashion_mnist, "shapes": load_shapes}
+NAMED = {"digits": load_digits, "mnist": load_mnist5k, "fashion": load_fashion_mnist, "shapes": load_shapes,
+         "pusht": load_pusht}
 # Named sets that offer the "heldout" split.
 WITH_HELDOUT = ("shapes",)
 PREFIXED = ("folder", "idx")
@@ -49,7 +51,7 @@ TOY_TEST_SEED_OFFSET = 2**31
 class DataConfig:
     """Where a run's examples come from (see the module docstring)."""
 
-    name: str = option("digits", help="digits | mnist | fashion | shapes | folder:PATH | idx:IMAGES[,LABELS] | "
+    name: str = option("digits", help="digits | mnist | fashion | shapes | pusht | folder:PATH | idx:IMAGES[,LABELS] | "
                                       "ring | moons | swissroll | checkerboard | gaussian")
     size: int | list[int] | None = option(None, help="image folders: resize each image to cover this (one side, or "
                                                      "[height, width]) and crop it")

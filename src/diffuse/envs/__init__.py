@@ -1,0 +1,1 @@
+"""Environments for robot policies (below training and models: they import neither)."""
