@@ -417,6 +417,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     edit_parser(commands)
     from .audit_cli import add_parser as audit_parser; audit_parser(commands)  # noqa: E702
     from .serve_cli import add_parser as serve_parser; serve_parser(commands)  # noqa: E702
+    from .watermark_cli import add_parser as watermark_parser; watermark_parser(commands)  # noqa: E702
     control_parser(commands)
     return parser
 

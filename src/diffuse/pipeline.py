@@ -90,7 +90,8 @@ class Pipeline:
                classifier_scale: float = 1.0, sampler: str | None = None, steps: int | None = None,
                schedule=None, seed: int = 0, batch_size: int = 500, device=None,
                callback: Callable | None = None, cond: dict | None = None, measurement=None,
-               init: torch.Tensor | None = None, t_start: float | None = None, **options) -> torch.Tensor:
+               init: torch.Tensor | None = None, t_start: float | None = None, noise: torch.Tensor | None = None,
+               **options) -> torch.Tensor:
         """n samples [n, *shape] in the data's range, sample k a function of (seed, k) alone.
 
         labels     [n] class labels (a class model, or the target of classifier guidance)
@@ -104,6 +105,10 @@ class Pipeline:
                    sampler (repaint, dps, ddrm, daps; `diffuse.samplers.posterior_samplers()`)
         init, t_start  [n, *shape] images to start from, noised to time t_start with each sample's own
                    noise, the steps then running from t_start down (SDEdit, strength t_start)
+        noise      [n, *draw_shape] standard normal: each sample's starting noise (with init, the noise
+                   added to it), used instead of the draw from its generator (a watermarked noise); later
+                   random draws still come from the generator, so noise = the generators' own draw is
+                   the call without it, bit for bit
         callback   called after every model evaluation with {"i", "t", "x", "denoised", "batch"}
         cond       more of the model's conditions by keyword, each [n, ...] or one value for all (a
                    control adapter's `control` images and `control_scale`)
@@ -114,6 +119,9 @@ class Pipeline:
             whole_number("steps", steps, 1)
         steps = self.steps if steps is None else steps
         self._check_start(n, measurement, init, t_start, sampler or self.sampler)
+        if noise is not None and (not isinstance(noise, torch.Tensor) or tuple(noise.shape) != (n, *self.draw_shape)):
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"noise must be [n={n}, {', '.join(map(str, self.draw_shape))}], got {got}")
         text = {}
         if prompt is not None:
             if tokens is not None:
@@ -151,17 +159,18 @@ class Pipeline:
             for start in range(0, n, batch_size):
                 count = min(batch_size, n - start)
                 generators = Generators.seeded(seed, start, count)
-                noise = generators.randn(self.draw_shape).to(device, dtype)
+                rows = slice(start, start + count)
+                own = generators.randn(self.draw_shape)  # drawn even when given: the generators' later draws match
+                start_noise = (own if noise is None else noise[rows]).to(device, dtype)
                 part = {k: v[start:start + count].to(device) for k, v in cond.items()}
                 if target is not None and "labels" not in part:
                     part = {**part, "labels": target[start:start + count].to(device)}
                 report = None if callback is None else (lambda info, s=start: callback({**info, "batch": s}))
-                rows = slice(start, start + count)
                 if measurement is not None:
                     options["measurement"] = measurement[rows]
-                x_start = None if init is None else self.process.add_noise(init[rows].to(device, dtype), t_start, noise)
+                x_start = None if init is None else self.process.add_noise(init[rows].to(device, dtype), t_start, start_noise)
                 try:
-                    drawn = sample(wrapped, self.process, None if init is not None else noise, x_start=x_start,
+                    drawn = sample(wrapped, self.process, None if init is not None else start_noise, x_start=x_start,
                                    t_start=None if init is None else t_start, sampler=sampler or self.sampler, steps=steps,
                                    prediction=self.prediction, cond=part, clip_denoised=self.clip_denoised,
                                    schedule=self.schedule if schedule is None else schedule,
