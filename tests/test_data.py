@@ -500,7 +500,7 @@ def test_toy_unknown_name():
 
 
 def test_registry_names_and_unknown_spec():
-    assert {"digits", "mnist", "fashion", "shapes", "pusht", "folder", "idx", *TOY_NAMES} == set(available())
+    assert {"digits", "mnist", "fashion", "shapes", "pusht", "molecules", "folder", "idx", *TOY_NAMES} == set(available())
     with pytest.raises(ValueError, match=r"unknown data set 'cifar'.*digits.*folder:PATH"):
         load_dataset("cifar")
     with pytest.raises(ValueError, match="unknown"):

@@ -5,6 +5,9 @@ one, never a partial one.
 `atomic_write(path)` is the one mechanism: it yields an open temporary file in the destination's
 folder; on a clean exit the file is flushed, synced and renamed into place, on an exception it is
 removed and the destination is left as it was.
+
+`cache_folder(name)` is where data made once and kept (recorded demonstrations, conformers, feature
+networks) live: $DIFFUSE_CACHE/NAME, else ~/.cache/diffuse/NAME.
 """
 
 from __future__ import annotations
@@ -13,6 +16,15 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+# The environment variable that moves every cache of the project.
+CACHE_ENV = "DIFFUSE_CACHE"
+
+
+def cache_folder(name: str) -> Path:
+    """The default folder of one cache: $DIFFUSE_CACHE/name, else ~/.cache/diffuse/name."""
+    root = os.environ.get(CACHE_ENV)
+    return (Path(root) if root else Path.home() / ".cache" / "diffuse") / name
 
 
 def fsync_dir(path: Path) -> None:

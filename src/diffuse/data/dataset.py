@@ -3,7 +3,8 @@
 An example is a dict: "x" (float32 of the declared `shape`) and, where the set has them, "label"
 (int64 scalar, an index into `class_names`), "caption" (a string), "mask" (True at real elements,
 for padded data). A set declares its `modality` ("image": [C, H, W] in [-1, 1]; "vector": [D];
-"sequence": [T, D], e.g. a robot's action chunk; later "video", "points", ...) rather than
+"sequence": [T, D], e.g. a robot's action chunk; "points": [P, D], a padded point cloud such as a
+molecule's atom positions, with its "mask"; later "video", ...) rather than
 leaving it to be guessed from a tensor's rank, and its `source`: the data description
 (`DataConfig`) that loads it again, with absolute paths, or {"name": "python", ...} for a set
 built in Python.
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-MODALITIES = ("image", "vector", "sequence")
+MODALITIES = ("image", "vector", "sequence", "points")
 
 
 def check_modality(modality: str, name: str) -> str:
@@ -176,6 +177,8 @@ class TensorDataset(Dataset):
             raise ValueError(f"{name}: vectors must be [N, D], got shape {tuple(data.shape)}")
         if modality == "sequence" and data.ndim != 3:
             raise ValueError(f"{name}: sequences must be [N, T, D], got shape {tuple(data.shape)}")
+        if modality == "points" and data.ndim != 3:
+            raise ValueError(f"{name}: point clouds must be [N, P, D], got shape {tuple(data.shape)}")
         if labels is not None and labels.shape != (len(data),):
             raise ValueError(f"{name}: {len(data)} samples but labels have shape {tuple(labels.shape)}")
         if captions is not None and len(captions) != len(data):

