@@ -19,7 +19,7 @@ from pathlib import Path
 def add_parser(commands) -> None:
     from .cli_args import number, sampling_arguments
     from .watermark.attacks import DEFAULTS
-    from .watermark.detection import DEFAULT_STEPS
+    from .watermark.detection import DEFAULT_FIXED_POINT, DEFAULT_STEPS
     from .watermark.keys import DEFAULT_NONCES, TREE_RING_PATTERNS, TREE_RING_RADIUS, TREE_RING_SIDE
 
     watermark = commands.add_parser("watermark", help="watermarks in the initial noise: make a key, sample with "
@@ -61,8 +61,9 @@ def add_parser(commands) -> None:
     detect.set_defaults(steps=DEFAULT_STEPS)
     detect.add_argument("--key", required=True, help="KEY.json")
     detect.add_argument("--input", required=True, help="a picture, a folder of pictures or an .npz of images")
-    detect.add_argument("--fixed-point", dest="fixed_point", type=number(int, 0), default=0,
-                        help="fixed-point re-reads per inversion step (closer inversion, more model calls)")
+    detect.add_argument("--fixed-point", dest="fixed_point", type=number(int, 0), default=DEFAULT_FIXED_POINT,
+                        help="fixed-point re-reads per inversion step (closer inversion, one more model call each; "
+                             f"default {DEFAULT_FIXED_POINT})")
     detect.add_argument("--alpha", type=float, default=0.01,
                         help="call an image watermarked when its p-value is below this (default 0.01)")
     detect.add_argument("--calibrate", type=number(int, 1),

@@ -14,6 +14,10 @@ from ..samplers import Generators, invert
 from .keys import Key
 
 DEFAULT_STEPS = 50  # the Tree-Ring paper's inversion steps
+# Fixed-point re-reads per inversion step (`diffuse.invert`): each costs a model call, and the noise found
+# is closer to the one drawn; on 8x8 digits Gaussian Shading with 256 nonces detects at AUC 0.993 with 2
+# against 0.987 with none (docs/watermark.md).
+DEFAULT_FIXED_POINT = 2
 
 
 def _check_pipeline(pipeline, key: Key) -> None:
@@ -72,7 +76,8 @@ def invert_images(pipeline, images: torch.Tensor, *, steps: int = DEFAULT_STEPS,
     return torch.cat(out)
 
 
-def detect(pipeline, images: torch.Tensor, key: Key, *, steps: int = DEFAULT_STEPS, fixed_point: int = 0,
+def detect(pipeline, images: torch.Tensor, key: Key, *, steps: int = DEFAULT_STEPS,
+           fixed_point: int = DEFAULT_FIXED_POINT,
            batch_size: int = 500) -> dict[str, torch.Tensor]:
     """The key's test (`key.test`: statistic, p_value, evidence, ...) of each image [n, *shape] in the
     model's range, after inverting it to its noise on `steps` DDIM steps."""
