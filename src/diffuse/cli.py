@@ -419,6 +419,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from .serve_cli import add_parser as serve_parser; serve_parser(commands)  # noqa: E702
     from .watermark_cli import add_parser as watermark_parser; watermark_parser(commands)  # noqa: E702
     control_parser(commands)
+    from .rollout_cli import add_parser as rollout_parser; rollout_parser(commands)  # noqa: E702
     return parser
 
 

@@ -44,6 +44,13 @@ def text_tokens(pad_id: int = 0) -> Condition:
     return Condition("tokens", "tokens", pad_id)
 
 
+def observation_history() -> Condition:
+    """A policy's recent observations [To, Do] (normalised to [-1, 1]); the null observation is all
+    zeros, the middle of the range (a policy is trained without dropout, so it is never used
+    there, but guidance against it is defined)."""
+    return Condition("obs", "obs", 0.0)
+
+
 def nulls(conditions) -> dict:
     """{model keyword: null value}: the unconditional model that guidance subtracts."""
     return {c.argument: c.null for c in conditions}

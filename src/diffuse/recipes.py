@@ -10,6 +10,15 @@
              encoder kept at its random initialisation, noise levels drawn around sigma = 1.6,
              batch 64, EMA 0.998 (docs/shapes.md says why each choice)
     ring     the 2-D ring of 8 Gaussians with a residual MLP: the smallest thing that trains
+    pusht    Diffusion Policy (Chi et al. 2023) on the Push-T demonstrations: 16 actions denoised
+             given 2 observations by a FiLM-conditioned temporal U-Net (64/128/256 channels, a
+             quarter of the paper's width), DDPM's 100-step squaredcos_cap_v2 betas, eps target,
+             no condition dropout, EMA 0.999, AdamW 3e-4 with weight decay 1e-6, batch 64;
+             DDIM with 10 steps at run time (the paper: 256/512/1024, batch 256, lr 1e-4); the
+             estimate of the actions clipped to their range [-1, 1] at every step, as the paper's
+             code does (clip_sample): at the top of the cosine betas alpha is ~1e-4, so an eps
+             model's x0 = (x - sigma eps) / alpha magnifies any error in eps ten-thousandfold
+             (unclipped, the policy's samples missed the data by an MSE of 0.75 instead of 0.04)
 
 `recipe(name)` returns a fresh RunConfig; `PROCESSES` are what a choice of process implies for the
 rest of the diffusion task when only the process is given (`diffuse train --process vp`).
@@ -20,7 +29,7 @@ from __future__ import annotations
 import copy
 
 from .models import dit_config
-from .process import get_process
+from .process import VP, get_process
 from .training import DiffusionTaskConfig, RunConfig, TrainConfig
 
 # What a process implies when only the process is named: the usual recipe for that family.
@@ -66,6 +75,12 @@ _RECIPES = {
                                             time_options={"p_mean": 0.5, "p_std": 1.5}),
                         "shapes", TrainConfig(batch_size=64, lr=2e-3, ema_decay=0.998, steps=3000)),
     "ring": RunConfig(DiffusionTaskConfig(), "ring", TrainConfig(batch_size=256, lr=1e-3, steps=2000)),
+    "pusht": RunConfig(DiffusionTaskConfig(cond="obs", network={"kind": "temporal_unet", "channels": [64, 128, 256]},
+                                           **{**PROCESSES["ddpm"], "sampler": "ddim", "sample_steps": 10},
+                                           process=VP.from_betas("squaredcos_cap_v2", 100).config(),
+                                           label_dropout=0.0, clip_denoised=1.0),
+                       "pusht", TrainConfig(batch_size=64, lr=3e-4, weight_decay=1e-6, warmup_steps=100,
+                                            steps=3000, checkpoint_every=500)),
 }
 RECIPES = tuple(_RECIPES)
 

@@ -27,9 +27,10 @@ from .control import ControlledUNet, ControlledUNetConfig
 from .dit import DIT_CONFIGS, DiT, DiTConfig, dit_config
 from .mlp import MLP, MLPConfig
 from .text import TextConditioned, TextConditionedConfig, TextEncoder, text_network
+from .temporal_unet import TemporalUNet, TemporalUNetConfig
 from .unet import UNet, UNetConfig
 
-__all__ = ["MLP", "MLPConfig", "UNet", "UNetConfig", "ControlledUNet", "ControlledUNetConfig", "DiT", "DiTConfig", "DIT_CONFIGS",
+__all__ = ["MLP", "MLPConfig", "UNet", "UNetConfig", "TemporalUNet", "TemporalUNetConfig", "ControlledUNet", "ControlledUNetConfig", "DiT", "DiTConfig", "DIT_CONFIGS",
            "dit_config", "TextConditioned", "TextConditionedConfig", "TextEncoder", "text_network", "NETWORKS", "build_network", "network_config",
            "AutoencoderKL", "AutoencoderConfig", "build_autoencoder", "autoencoder_config",
            "CLASSIFIERS", "build_classifier", "classifier_config", "default_classifier",
@@ -42,6 +43,7 @@ NETWORKS: dict[str, tuple[type[nn.Module], type]] = {
     "dit": (DiT, DiTConfig),
     "text": (TextConditioned, TextConditionedConfig),
     "control": (ControlledUNet, ControlledUNetConfig),
+    "temporal_unet": (TemporalUNet, TemporalUNetConfig),
 }
 
 # The noise-aware classifiers of classifier guidance, ``net(x, noise_level) -> logits``: a

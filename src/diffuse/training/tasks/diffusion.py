@@ -5,8 +5,10 @@ The model is `Denoiser(network, process, prediction, preconditioning)`; its loss
 conditions of `cond` (class labels, or a caption's tokens through a text encoder), a fraction
 `label_dropout` of which is replaced by the null condition so that the same network is the
 unconditional model classifier-free guidance needs, and the batch's "mask" (padded data) when it
-has one. With `latent` set, the examples are the scaled latents of that autoencoder run, encoded
-once. What a config leaves out, the data decide: `sigma_data` (the examples' standard deviation)
+has one. With cond="obs" the model is a policy: it denoises an action chunk given the data's
+observation history (Diffusion Policy; the data's normaliser and horizons are kept in the run's
+state for `diffuse.policy`). With `latent` set, the examples are the scaled latents of that
+autoencoder run, encoded once. What a config leaves out, the data decide: `sigma_data` (the examples' standard deviation)
 and `network` (one sized for the data: `default_network`); a given image network gets its
 `in_channels` (and a DiT its `image_size`) from the data, and a text model's encoder its sizes
 from the tokenizer fitted to the training captions.
@@ -22,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ...conditions import class_label, text_tokens
+from ...conditions import class_label, observation_history, text_tokens
 from ...data import Dataset, WithColumns, spread
 from ...denoiser import NOISE_INPUTS, Denoiser
 from ...latent import open_autoencoder
@@ -35,8 +37,9 @@ from ...process import process_from_config
 from ...samplers import SCHEDULES, available
 from ...text import WordTokenizer
 from ..task import Task, TaskConfig, register
+from .demonstrations import policy_state
 
-CONDITIONS = ("none", "class", "text")
+CONDITIONS = ("none", "class", "text", "obs")
 PRECONDITIONINGS = ("none", "edm")
 
 
@@ -48,9 +51,10 @@ def default_process() -> dict:
 class DiffusionTaskConfig(TaskConfig):
     kind = "diffusion"
     cond: str = option("none", choices=CONDITIONS,
-                       help="what the model is conditioned on: none, class labels, or text (the data's captions)")
+                       help="what the model is conditioned on: none, class labels, text (the data's captions), or "
+                            "obs (a policy's observation history, the data's \"obs\")")
     network: dict | None = option(None, help='the network as JSON, e.g. \'{"kind": "unet", "channels": 64}\' '
-                                             "(unet, dit, mlp, text); default: one sized for the data")
+                                             "(unet, dit, mlp, text, temporal_unet); default: one sized for the data")
     latent: str | None = option(None, help="an autoencoder run: train on its latents (latent diffusion)")
     process: dict = option(factory=default_process,
                            help="the Gaussian path as JSON (GaussianPath.config()), or by name with --process")
@@ -72,6 +76,8 @@ class DiffusionTaskConfig(TaskConfig):
     sampler: str = option("heun", choices=available(), help="the sampler of the pictures (and `diffuse sample`'s default)")
     sample_steps: int = option(18, help="its steps")
     sample_schedule: str = option("auto", choices=("auto", *SCHEDULES), help="its step schedule")
+    clip_denoised: float | None = option(None, help="clip the model's estimate of x0 to [-c, c] at every sampling "
+                                                    "step (data known to lie there, e.g. min-max normalised actions)")
     grid_size: int = option(100, help="samples in each checkpoint's picture")
 
     def __post_init__(self):
@@ -111,12 +117,16 @@ def levels_for(height: int, width: int, mults: list[int]) -> list[int]:
     return mults
 
 
-def default_network(modality: str, shape: tuple[int, ...], num_classes: int | None, text: dict | None = None) -> dict:
-    """A network sized for the data: a residual MLP for vectors, a U-Net for images. With `text`
+def default_network(modality: str, shape: tuple[int, ...], num_classes: int | None, text: dict | None = None,
+                    obs_dim: int = 0) -> dict:
+    """A network sized for the data: a residual MLP for vectors, a temporal U-Net for sequences
+    [T, D] (FiLM-conditioned on `obs_dim` observation features), a U-Net for images. With `text`
     ({"vocab_size": V, "max_length": L}), the U-Net cross-attends to a jointly trained text
     encoder at every level below full resolution, where the objects' layout is decided."""
     if modality == "vector":
         return {"kind": "mlp", "dim": shape[0], "num_classes": num_classes}
+    if modality == "sequence":
+        return {"kind": "temporal_unet", "dim": shape[-1], "obs_dim": obs_dim}
     if modality != "image":
         raise ValueError(f"no default network for {modality} data; give one (--network)")
     channels, height, width = shape
@@ -129,14 +139,21 @@ def default_network(modality: str, shape: tuple[int, ...], num_classes: int | No
     return text_network(unet, **text)
 
 
-def network_for_data(network: dict, modality: str, shape, num_classes: int | None) -> dict:
+def network_for_data(network: dict, modality: str, shape, num_classes: int | None, obs_dim: int = 0) -> dict:
     """A network config fitted to the examples it will model: what it leaves out is taken from
     them (an image network's ``in_channels`` and a DiT's ``image_size``, which for latents a user
-    cannot be expected to know; an MLP's ``dim``; a class model's ``num_classes``), and what it
-    states must match them."""
+    cannot be expected to know; an MLP's ``dim``; a temporal U-Net's ``dim`` and ``obs_dim``; a
+    class model's ``num_classes``), and what it states must match them."""
     if network.get("kind") == "text":  # the image network inside
         return {**network, "denoiser": network_for_data(network.get("denoiser", {}), modality, shape, num_classes)}
     network = dict(network)
+    if network.get("kind") == "temporal_unet" and modality == "sequence":
+        network.setdefault("dim", shape[-1])
+        network.setdefault("obs_dim", obs_dim)
+        if (network["dim"], network["obs_dim"]) != (shape[-1], obs_dim):
+            raise ValueError(f"the data are sequences of {shape[-1]} features with {obs_dim} observation features; "
+                             f"the network has dim {network['dim']} and obs_dim {network['obs_dim']} (leave them "
+                             "out to have them filled in)")
     if num_classes is not None and network.get("kind") in ("unet", "dit", "mlp"):
         network.setdefault("num_classes", num_classes)
     if network.get("kind") == "mlp" and modality == "vector":
@@ -197,6 +214,8 @@ class DiffusionTask(Task):
         c = self.config
         if c.cond == "class" and info.num_classes is None:
             raise ValueError(f"cond='class' needs a labelled data set; {info.name!r} has no labels")
+        if c.cond == "obs" and "obs" not in info.fields:
+            raise ValueError(f"cond='obs' needs demonstrations with observations (e.g. pusht); {info.name!r} has none")
         if c.cond == "text" and "caption" not in info.fields:
             raise ValueError(f"cond='text' needs a captioned data set (e.g. shapes); {info.name!r} has no captions")
         if c.latent is not None and info.modality != "image":
@@ -205,7 +224,7 @@ class DiffusionTask(Task):
         self.tokenizer = WordTokenizer.from_dict(self.state["tokenizer"]) if "tokenizer" in self.state else None
         self.codec = None if c.latent is None else open_autoencoder(c.latent, self.state.get("latent"), self.device)
         self.conditions = {"none": (), "class": (class_label(info.num_classes or 0),),
-                           "text": (text_tokens(WordTokenizer.pad_id),)}[c.cond]
+                           "text": (text_tokens(WordTokenizer.pad_id),), "obs": (observation_history(),)}[c.cond]
         self.preview_tokens = self.reference_points = None
 
     def examples(self, data: Dataset) -> Dataset:
@@ -227,10 +246,14 @@ class DiffusionTask(Task):
         if c.sigma_data is None:
             c.sigma_data = round(spread(data), 4)
         num_classes = self.info.num_classes if c.cond == "class" else None
+        obs_dim = 0
+        if c.cond == "obs":
+            obs_dim = data.__getitems__([0])["obs"][0].numel()
+            self.state.update(policy_state(data))
         if c.network is None:
-            c.network = default_network(data.modality, data.shape, num_classes, text)
+            c.network = default_network(data.modality, data.shape, num_classes, text, obs_dim)
         else:
-            c.network = network_for_data(c.network, data.modality, data.shape, num_classes)
+            c.network = network_for_data(c.network, data.modality, data.shape, num_classes, obs_dim)
             if text is not None:
                 c.network = with_text(c.network, text)
         return data
@@ -276,7 +299,7 @@ class DiffusionTask(Task):
         c = self.config
         return Pipeline(model, self.info, self.conditions, sampler=c.sampler, steps=c.sample_steps,
                         schedule=c.sample_schedule, tokenizer=self.tokenizer, codec=self.codec,
-                        loss=self.loss_fn)
+                        loss=self.loss_fn, clip_denoised=c.clip_denoised)
 
     def preview(self, model) -> dict[str, Callable]:
         """The grid of samples (class-major for a class model, the first training captions for a
