@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..inverse.operators import gaussian_kernel
 from ..randomness import seeded
 
 
@@ -65,14 +66,10 @@ def blur(images: torch.Tensor, std: float = 1.0, seed: int = 0) -> torch.Tensor:
         raise ValueError(f"blur std must be > 0, got {std:g}")
     half = max(1, math.ceil(3 * std))
     half = min(half, images.shape[-1] - 1, images.shape[-2] - 1)  # reflection needs a pad below the side
-    offsets = torch.arange(-half, half + 1, dtype=torch.float64)
-    kernel = torch.exp(-offsets**2 / (2 * std**2))
-    kernel = (kernel / kernel.sum()).to(images.dtype)
-    c = images.shape[1]
+    size, c = 2 * half + 1, images.shape[1]
+    kernel = gaussian_kernel(size, std).to(images.dtype)  # the deblurring task's kernel
     x = F.pad(images, (half, half, half, half), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return x.clamp(0, 1)
+    return F.conv2d(x, kernel.expand(c, 1, size, size), groups=c).clamp(0, 1)
 
 
 def noise(images: torch.Tensor, std: float = 0.05, seed: int = 0) -> torch.Tensor:
