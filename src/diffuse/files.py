@@ -7,7 +7,8 @@ folder; on a clean exit the file is flushed, synced and renamed into place, on a
 removed and the destination is left as it was.
 
 `cache_folder(name)` is where data made once and kept (recorded demonstrations, conformers, feature
-networks) live: $DIFFUSE_CACHE/NAME, else ~/.cache/diffuse/NAME.
+networks) live: $DIFFUSE_CACHE/NAME, else ~/.cache/diffuse/NAME; `cached_arrays` reads a record of
+arrays from there, or makes it and writes it there.
 """
 
 from __future__ import annotations
@@ -71,3 +72,23 @@ def write_bytes_atomic(path, data: bytes) -> None:
     """Replace a binary file in one step."""
     with atomic_write(path, "wb") as f:
         f.write(data)
+
+
+def cached_arrays(path, record, make):
+    """An instance of the dataclass `record`, whose fields are numpy arrays: read from the .npz at
+    `path` (never unpickled), or made by `make()` and written there in one step."""
+    import dataclasses
+    import io
+
+    import numpy as np
+
+    path, names = Path(path), [field.name for field in dataclasses.fields(record)]
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as f:
+            return record(**{name: f[name] for name in names})
+    made = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: getattr(made, name) for name in names})
+    write_bytes_atomic(path, buffer.getvalue())
+    return made

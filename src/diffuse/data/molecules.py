@@ -29,7 +29,6 @@ included) over both splits, so the splits share one shape. The modality is "poin
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import cache_folder, write_bytes_atomic
+from ..files import cache_folder, cached_arrays
 from .dataset import TensorDataset, WithColumns
 from .splits import HOLDOUT_FRACTION, check_split
 
@@ -165,16 +164,8 @@ def cached_conformers(max_heavy_atoms: int = DEFAULT_MAX_HEAVY_ATOMS, seed: int 
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     need_rdkit()
-    path = cache_path(max_heavy_atoms, seed, cache_dir)
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as f:
-            return Conformers(**{k: f[k] for k in Conformers.__dataclass_fields__})
-    made = make_conformers(source_smiles(max_heavy_atoms), seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, **{k: getattr(made, k) for k in Conformers.__dataclass_fields__})
-    write_bytes_atomic(path, buffer.getvalue())
-    return made
+    return cached_arrays(cache_path(max_heavy_atoms, seed, cache_dir), Conformers,
+                         lambda: make_conformers(source_smiles(max_heavy_atoms), seed))
 
 
 def in_test_split(smiles: str) -> bool:

@@ -25,7 +25,6 @@ are fitted on all the demonstrations, so both splits lie in [-1, 1].
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import torch
 
 from ..envs import experts
 from ..envs.pusht import need_pymunk
-from ..files import cache_folder, write_bytes_atomic
+from ..files import cache_folder, cached_arrays
 from .dataset import TensorDataset, WithColumns
 from .splits import HOLDOUT_FRACTION, check_split
 
@@ -181,16 +180,7 @@ def recorded_episodes(episodes: int = DEFAULT_EPISODES, cache_dir=None) -> Recor
     """The expert's episodes of seeds 0 .. episodes-1, from the cache or recorded into it."""
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 2:
         raise ValueError(f"episodes must be an integer of at least 2 (one for each split), got {episodes!r}")
-    path = cache_path(episodes, cache_dir)
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as f:
-            return Recorded(**{k: f[k] for k in Recorded.__dataclass_fields__})
-    recorded = record(range(episodes))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, **{k: getattr(recorded, k) for k in Recorded.__dataclass_fields__})
-    write_bytes_atomic(path, buffer.getvalue())
-    return recorded
+    return cached_arrays(cache_path(episodes, cache_dir), Recorded, lambda: record(range(episodes)))
 
 
 def windows(observations: np.ndarray, actions: np.ndarray, horizons: Horizons) -> tuple[np.ndarray, np.ndarray]:
